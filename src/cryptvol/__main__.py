@@ -1,0 +1,3 @@
+from cryptvol.cli.main import main
+
+main()

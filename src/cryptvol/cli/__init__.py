@@ -1,0 +1,1 @@
+"""The `cryptvol` command line."""

@@ -1,0 +1,54 @@
+"""`cryptvol serve` settings: flags, then CRYPTVOL_* environment variables, then a TOML file.
+
+None of these sources may carry a secret: the settings model has no field for one and
+rejects unknown keys, so a key pasted into the config file is refused, not half-used.
+"""
+
+from __future__ import annotations
+
+import socket
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from cryptvol.errors import InvalidArgument
+
+DEFAULT_ENDPOINT = "unix:///run/cryptvol/csi.sock"
+DEFAULT_STATE_DIR = Path("/var/lib/cryptvol/state")
+DEFAULT_POOL_DIR = Path("/var/lib/cryptvol/pool")
+
+
+class ServeSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    endpoint: str = DEFAULT_ENDPOINT
+    node_id: str = Field(default_factory=socket.gethostname, min_length=1, max_length=128)
+    role: Literal["all", "controller", "node"] = "all"
+    state_dir: Path = DEFAULT_STATE_DIR
+    pool_dir: Path = DEFAULT_POOL_DIR
+    log_json: bool = False
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    grace_seconds: float = Field(default=30.0, ge=0)
+
+
+def load_config_file(path: Path) -> dict[str, Any]:
+    """The `[serve]` table of a TOML config file, validated against ServeSettings' keys."""
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise InvalidArgument(f"cannot read config file {path}: {exc}") from None
+    table = data.get("serve", {})
+    if not isinstance(table, dict):
+        raise InvalidArgument(f"{path}: [serve] must be a table")
+    known = set(ServeSettings.model_fields)
+    unknown = sorted(set(table) - known)
+    if unknown:
+        raise InvalidArgument(f"{path}: unknown setting(s) {unknown}; known: {sorted(known)}")
+    try:
+        ServeSettings.model_validate(table)
+    except ValidationError as exc:
+        raise InvalidArgument(f"{path}: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}")\
+            from None
+    return table

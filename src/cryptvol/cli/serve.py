@@ -1,0 +1,70 @@
+"""`cryptvol serve`: run the CSI driver until SIGTERM, then drain and exit 0."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+import click
+
+from cryptvol.cli.config import ServeSettings, load_config_file
+from cryptvol.csi.server import CsiServer
+from cryptvol.engine.driver import Driver, DriverSettings
+from cryptvol.errors import CryptvolError
+from cryptvol.system import logs
+
+log = logging.getLogger("cryptvol.serve")
+
+
+def _load_defaults(ctx: click.Context, _param: click.Parameter, value: Path | None) -> Path | None:
+    if value is not None:
+        ctx.default_map = load_config_file(value)
+    return value
+
+
+@click.command("serve")
+@click.option("--config", type=click.Path(path_type=Path, dir_okay=False), envvar="CRYPTVOL_CONFIG",
+              callback=_load_defaults, is_eager=True, expose_value=False,
+              help="TOML file with a [serve] table (lowest precedence).")
+@click.option("--endpoint", envvar="CRYPTVOL_ENDPOINT", default=ServeSettings().endpoint,
+              show_default=True, help="unix:///path/to/csi.sock")
+@click.option("--node-id", envvar="CRYPTVOL_NODE_ID", default=None,
+              help="This node's name (default: the host name).")
+@click.option("--role", envvar="CRYPTVOL_ROLE", type=click.Choice(["all", "controller", "node"]),
+              default="all", show_default=True)
+@click.option("--state-dir", envvar="CRYPTVOL_STATE_DIR", type=click.Path(path_type=Path),
+              default=str(ServeSettings().state_dir), show_default=True)
+@click.option("--pool-dir", envvar="CRYPTVOL_POOL_DIR", type=click.Path(path_type=Path),
+              default=str(ServeSettings().pool_dir), show_default=True)
+@click.option("--log-json/--log-text", envvar="CRYPTVOL_LOG_JSON", default=False)
+@click.option("--log-level", envvar="CRYPTVOL_LOG_LEVEL", default="info",
+              type=click.Choice(["debug", "info", "warning", "error"]))
+@click.option("--grace-seconds", envvar="CRYPTVOL_GRACE_SECONDS", type=float, default=30.0)
+def serve_command(**options: Any) -> None:
+    """Serve the CSI Identity, Controller and Node services on a unix socket."""
+    options = {k: v for k, v in options.items() if v is not None}
+    settings = ServeSettings.model_validate(options)
+    logs.configure(settings.log_json, settings.log_level)
+    try:
+        driver = Driver(DriverSettings(node_id=settings.node_id, role=settings.role,
+                                       state_dir=settings.state_dir,
+                                       pool_dir=settings.pool_dir))
+        server = CsiServer(driver, settings.endpoint)
+        server.start()
+    except CryptvolError as exc:
+        raise click.ClickException(str(exc)) from None
+    stopping = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("draining", extra={"signal": signal.Signals(signum).name})
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    stopping.wait()
+    server.stop(settings.grace_seconds)
+    driver.close()
+    log.info("stopped")

@@ -1,0 +1,120 @@
+"""The CSI Controller service: validates each request, calls the engine, shapes the answer."""
+
+from __future__ import annotations
+
+import grpc
+
+from cryptvol.csi import convert
+from cryptvol.csi.gen import csi_pb2, csi_pb2_grpc
+from cryptvol.engine.controller import ControllerEngine, CreateRequest, VolumeInfo
+from cryptvol.errors import InvalidArgument
+
+_Cap = csi_pb2.ControllerServiceCapability.RPC
+_OFFERED = (_Cap.CREATE_DELETE_VOLUME, _Cap.LIST_VOLUMES, _Cap.GET_CAPACITY,
+            _Cap.EXPAND_VOLUME)
+
+
+def _volume(info: VolumeInfo) -> csi_pb2.Volume:
+    return csi_pb2.Volume(
+        volume_id=info.volume_id,
+        capacity_bytes=info.capacity_bytes,
+        volume_context=info.volume_context,
+        accessible_topology=[csi_pb2.Topology(segments=info.topology)],
+    )
+
+
+class ControllerServicer(csi_pb2_grpc.ControllerServicer):  # type: ignore[misc]
+    def __init__(self, engine: ControllerEngine) -> None:
+        self.engine = engine
+
+    def CreateVolume(self, request: csi_pb2.CreateVolumeRequest,
+                     context: grpc.ServicerContext) -> csi_pb2.CreateVolumeResponse:
+        convert.require(request.name, "name")
+        if not request.volume_capabilities:
+            raise InvalidArgument("volume_capabilities is required")
+        if request.HasField("volume_content_source"):
+            raise InvalidArgument(
+                "volume content sources (snapshots and clones) are not supported yet; "
+                "create the volume without a dataSource"
+            )
+        if request.mutable_parameters:
+            raise InvalidArgument("mutable_parameters are not supported by this driver")
+        topology = request.accessibility_requirements
+        info = self.engine.create_volume(CreateRequest(
+            name=request.name,
+            required_bytes=request.capacity_range.required_bytes,
+            limit_bytes=request.capacity_range.limit_bytes,
+            capabilities=convert.capabilities(request.volume_capabilities),
+            parameters=dict(request.parameters),
+            secrets=dict(request.secrets),
+            requisite_topologies=[dict(t.segments) for t in topology.requisite],
+            preferred_topologies=[dict(t.segments) for t in topology.preferred],
+        ))
+        return csi_pb2.CreateVolumeResponse(volume=_volume(info))
+
+    def DeleteVolume(self, request: csi_pb2.DeleteVolumeRequest,
+                     context: grpc.ServicerContext) -> csi_pb2.DeleteVolumeResponse:
+        self.engine.delete_volume(convert.require(request.volume_id, "volume_id"))
+        return csi_pb2.DeleteVolumeResponse()
+
+    def ValidateVolumeCapabilities(
+        self, request: csi_pb2.ValidateVolumeCapabilitiesRequest, context: grpc.ServicerContext
+    ) -> csi_pb2.ValidateVolumeCapabilitiesResponse:
+        volume_id = convert.require(request.volume_id, "volume_id")
+        if not request.volume_capabilities:
+            raise InvalidArgument("volume_capabilities is required")
+        self.engine.require(volume_id)
+        caps = []
+        for cap in request.volume_capabilities:
+            try:
+                caps.append(convert.capability(cap))
+            except InvalidArgument as exc:
+                return csi_pb2.ValidateVolumeCapabilitiesResponse(message=str(exc))
+        reason = self.engine.validate_capabilities(volume_id, caps, dict(request.parameters))
+        if reason is not None:
+            return csi_pb2.ValidateVolumeCapabilitiesResponse(message=reason)
+        confirmed = csi_pb2.ValidateVolumeCapabilitiesResponse.Confirmed(
+            volume_context=request.volume_context,
+            volume_capabilities=request.volume_capabilities,
+            parameters=request.parameters,
+        )
+        return csi_pb2.ValidateVolumeCapabilitiesResponse(confirmed=confirmed)
+
+    def ListVolumes(self, request: csi_pb2.ListVolumesRequest,
+                    context: grpc.ServicerContext) -> csi_pb2.ListVolumesResponse:
+        infos, token = self.engine.list_volumes(request.max_entries, request.starting_token)
+        entries = [csi_pb2.ListVolumesResponse.Entry(volume=_volume(i)) for i in infos]
+        return csi_pb2.ListVolumesResponse(entries=entries, next_token=token)
+
+    def GetCapacity(self, request: csi_pb2.GetCapacityRequest,
+                    context: grpc.ServicerContext) -> csi_pb2.GetCapacityResponse:
+        topology = dict(request.accessible_topology.segments) \
+            if request.HasField("accessible_topology") else None
+        available = self.engine.capacity(convert.capabilities(request.volume_capabilities),
+                                         dict(request.parameters), topology)
+        return csi_pb2.GetCapacityResponse(available_capacity=available)
+
+    def ControllerGetCapabilities(
+        self, request: csi_pb2.ControllerGetCapabilitiesRequest, context: grpc.ServicerContext
+    ) -> csi_pb2.ControllerGetCapabilitiesResponse:
+        return csi_pb2.ControllerGetCapabilitiesResponse(capabilities=[
+            csi_pb2.ControllerServiceCapability(
+                rpc=csi_pb2.ControllerServiceCapability.RPC(type=t))
+            for t in _OFFERED
+        ])
+
+    def ControllerExpandVolume(
+        self, request: csi_pb2.ControllerExpandVolumeRequest, context: grpc.ServicerContext
+    ) -> csi_pb2.ControllerExpandVolumeResponse:
+        volume_id = convert.require(request.volume_id, "volume_id")
+        if not request.HasField("capacity_range"):
+            raise InvalidArgument("capacity_range is required")
+        if request.HasField("volume_capability"):
+            convert.capability(request.volume_capability)
+        self.engine.require(volume_id)
+        capacity, node_required = self.engine.expand_volume(
+            volume_id, request.capacity_range.required_bytes, request.capacity_range.limit_bytes
+        )
+        return csi_pb2.ControllerExpandVolumeResponse(
+            capacity_bytes=capacity, node_expansion_required=node_required
+        )

@@ -1,0 +1,38 @@
+"""Protobuf messages to and from the engine's own types; required fields checked here."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from cryptvol.csi.gen import csi_pb2
+from cryptvol.engine.types import AccessMode, AccessType, Capability
+from cryptvol.errors import InvalidArgument
+
+_MODES = {
+    csi_pb2.VolumeCapability.AccessMode.Mode.Value(m.value): m
+    for m in AccessMode
+}
+
+
+def capability(cap: csi_pb2.VolumeCapability) -> Capability:
+    kind = cap.WhichOneof("access_type")
+    if kind is None:
+        raise InvalidArgument("a volume capability must set access_type (mount or block)")
+    if not cap.HasField("access_mode"):
+        raise InvalidArgument("a volume capability must set access_mode")
+    mode = _MODES.get(cap.access_mode.mode, AccessMode.UNKNOWN)
+    if kind == "block":
+        return Capability(AccessType.BLOCK, mode)
+    if cap.mount.volume_mount_group:
+        raise InvalidArgument("volume_mount_group is not supported by this driver")
+    return Capability(AccessType.MOUNT, mode, cap.mount.fs_type, tuple(cap.mount.mount_flags))
+
+
+def capabilities(caps: Iterable[csi_pb2.VolumeCapability]) -> list[Capability]:
+    return [capability(c) for c in caps]
+
+
+def require(value: str, field: str) -> str:
+    if not value:
+        raise InvalidArgument(f"{field} is required")
+    return value

@@ -1,0 +1,267 @@
+"""The controller side of a volume's life: create, delete, expand, list, capacity.
+
+Every step is idempotent and recorded before it is taken, so a CreateVolume or DeleteVolume
+cut short by a crash finishes when the container orchestrator retries it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+
+from cryptvol import TOPOLOGY_KEY
+from cryptvol.backends.base import Backend
+from cryptvol.engine.capabilities import check_capabilities, fs_type_for
+from cryptvol.engine.ids import is_volume_id, volume_id_for
+from cryptvol.engine.locks import OperationLocks
+from cryptvol.engine.parameters import VolumeParameters, parse_parameters
+from cryptvol.engine.records import LuksRecord, VolumeRecord, VolumeRepository
+from cryptvol.engine.sizes import LUKS2_HEADER_BYTES, capacity_for, minimum_bytes
+from cryptvol.engine.types import AccessType, Capability
+from cryptvol.errors import (
+    Aborted,
+    AlreadyExists,
+    FailedPrecondition,
+    Internal,
+    InvalidArgument,
+    NotFound,
+    OutOfRange,
+    ResourceExhausted,
+)
+from cryptvol.keys.manager import KeyManager
+from cryptvol.luks.cryptsetup import mapping_name
+from cryptvol.luks.policy import LuksPlan, plan
+
+
+@dataclass(frozen=True)
+class CreateRequest:
+    name: str
+    required_bytes: int
+    limit_bytes: int
+    capabilities: Sequence[Capability]
+    parameters: Mapping[str, str]
+    secrets: Mapping[str, str] = field(default_factory=dict)
+    requisite_topologies: Sequence[Mapping[str, str]] = ()
+    preferred_topologies: Sequence[Mapping[str, str]] = ()
+
+
+@dataclass(frozen=True)
+class VolumeInfo:
+    volume_id: str
+    capacity_bytes: int
+    volume_context: dict[str, str]
+    topology: dict[str, str]
+
+
+class ControllerEngine:
+    def __init__(
+        self,
+        volumes: VolumeRepository,
+        keys: KeyManager,
+        backend: Backend,
+        node_id: str,
+        locks: OperationLocks,
+    ) -> None:
+        self.volumes = volumes
+        self.keys = keys
+        self.backend = backend
+        self.node_id = node_id
+        self.locks = locks
+
+    # --- CreateVolume -------------------------------------------------------------------
+    def create_volume(self, req: CreateRequest) -> VolumeInfo:
+        params = parse_parameters(req.parameters)
+        check_capabilities(req.capabilities)
+        fs_type = fs_type_for(req.capabilities, params)
+        block_only = all(c.access_type is AccessType.BLOCK for c in req.capabilities)
+        capacity = capacity_for(
+            req.required_bytes, req.limit_bytes, minimum_bytes(None if block_only else fs_type)
+        )
+        self._check_topology(req.requisite_topologies)
+        if params.key_source == "secret" and params.secret_key not in req.secrets:
+            raise InvalidArgument(
+                f"keySource 'secret' needs the passphrase under key {params.secret_key!r} "
+                "in the provisioner secret (csi.storage.k8s.io/provisioner-secret-name and "
+                "-namespace in the StorageClass)"
+            )
+        luks_plan = plan(params.luks, "managed" if params.key_source == "managed" else
+                         "passphrase")
+        volume_id = volume_id_for(req.name)
+        with self.locks.hold(volume_id, "CreateVolume"):
+            existing = self.volumes.get(volume_id)
+            if existing is None:
+                record = self._new_record(volume_id, req.name, capacity, params, fs_type,
+                                          luks_plan)
+                if not self.volumes.insert(record):
+                    existing = self.volumes.get(volume_id)
+                    if existing is None:
+                        raise AlreadyExists(
+                            f"volume name {req.name!r} is taken by another volume"
+                        )
+                else:
+                    existing = record
+            self._check_same_request(existing, req, params)
+            if existing.state == "deleting":
+                raise AlreadyExists(
+                    f"volume {req.name!r} is being deleted; retry once DeleteVolume finished"
+                )
+            if existing.state == "creating":
+                existing = self._finish_create(existing)
+            return self._info(existing)
+
+    def _new_record(self, volume_id: str, name: str, capacity: int, params: VolumeParameters,
+                    fs_type: str, luks_plan: LuksPlan) -> VolumeRecord:
+        return VolumeRecord(
+            id=volume_id,
+            name=name,
+            capacity_bytes=capacity,
+            backing_bytes=capacity + LUKS2_HEADER_BYTES,
+            parameters=params.raw,
+            fs_type=fs_type,
+            key_source=params.key_source,
+            secret_key=params.secret_key,
+            backend=self.backend.name,
+            node_id=self.node_id,
+            luks=LuksRecord(
+                format=asdict(luks_plan.format),
+                open=asdict(luks_plan.open),
+                reasons=list(luks_plan.reasons),
+                unlock_memory_kib=getattr(luks_plan, "unlock_memory_kib", 0),
+            ),
+            node_capacity_bytes=capacity,
+        )
+
+    def _finish_create(self, record: VolumeRecord) -> VolumeRecord:
+        self.backend.create(record.id, record.backing_bytes)
+        if record.key_source == "managed":
+            self.keys.create_dek(record.id)
+
+        def mark_ready(r: VolumeRecord) -> VolumeRecord:
+            return r.model_copy(update={"state": "ready"})
+
+        return self.volumes.update(record.id, mark_ready)
+
+    @staticmethod
+    def _check_same_request(
+        record: VolumeRecord, req: CreateRequest, params: VolumeParameters
+    ) -> None:
+        if record.name != req.name:
+            raise Internal(f"volume id collision between {record.name!r} and {req.name!r}")
+        if record.parameters != params.raw:
+            raise AlreadyExists(
+                f"volume {req.name!r} exists with other parameters; use a new name"
+            )
+        fits_required = record.capacity_bytes >= req.required_bytes
+        fits_limit = req.limit_bytes == 0 or record.capacity_bytes <= req.limit_bytes
+        if not (fits_required and fits_limit):
+            raise AlreadyExists(
+                f"volume {req.name!r} exists with {record.capacity_bytes} bytes, outside the "
+                "capacity range asked; use a new name"
+            )
+
+    def _check_topology(self, requisite: Sequence[Mapping[str, str]]) -> None:
+        if not requisite:
+            return
+        for topology in requisite:
+            if topology.get(TOPOLOGY_KEY, self.node_id) == self.node_id:
+                return
+        raise ResourceExhausted(
+            f"this driver serves node {self.node_id!r} only; none of the requisite "
+            "topologies names it"
+        )
+
+    def _info(self, record: VolumeRecord) -> VolumeInfo:
+        context = {"fsType": record.fs_type, "keySource": record.key_source,
+                   "mapping": mapping_name(record.id), "luks": "; ".join(record.luks.reasons)}
+        return VolumeInfo(
+            volume_id=record.id,
+            capacity_bytes=record.capacity_bytes,
+            volume_context=context,
+            topology={TOPOLOGY_KEY: record.node_id},
+        )
+
+    # --- DeleteVolume -------------------------------------------------------------------
+    def delete_volume(self, volume_id: str) -> None:
+        if not is_volume_id(volume_id):
+            return  # never ours, so already absent: DeleteVolume succeeds
+        with self.locks.hold(volume_id, "DeleteVolume"):
+            record = self.volumes.get(volume_id)
+            if record is not None and self.backend.attached_device(volume_id) is not None:
+                raise FailedPrecondition(
+                    f"volume {volume_id} is still staged on node {record.node_id}; "
+                    "unstage it first"
+                )
+            if record is not None:
+                self.volumes.update(volume_id, lambda r: r.model_copy(update={"state":
+                                                                              "deleting"}))
+            # Shred the key first: from then on the backing data cannot be read, whatever
+            # a crash leaves behind.
+            self.keys.delete_dek(volume_id)
+            self.backend.delete(volume_id)
+            if record is not None:
+                self.volumes.remove(record)
+
+    # --- ControllerExpandVolume -----------------------------------------------------------
+    def expand_volume(self, volume_id: str, required: int, limit: int) -> tuple[int, bool]:
+        with self.locks.hold(volume_id, "ControllerExpandVolume"):
+            record = self.volumes.require(volume_id)
+            if limit and limit < record.capacity_bytes:
+                raise OutOfRange(
+                    f"limit {limit} is below the volume's current size {record.capacity_bytes};"
+                    " volumes do not shrink"
+                )
+            target = capacity_for(required, limit, record.capacity_bytes)
+            if target <= record.capacity_bytes:
+                return record.capacity_bytes, record.node_capacity_bytes < record.capacity_bytes
+            self.backend.expand(volume_id, target + LUKS2_HEADER_BYTES)
+
+            def grown(r: VolumeRecord) -> VolumeRecord:
+                return r.model_copy(update={"capacity_bytes": target,
+                                            "backing_bytes": target + LUKS2_HEADER_BYTES})
+
+            self.volumes.update(volume_id, grown)
+            return target, True
+
+    # --- ValidateVolumeCapabilities, ListVolumes, GetCapacity ----------------------------
+    def validate_capabilities(
+        self, volume_id: str, capabilities: Sequence[Capability], parameters: Mapping[str, str]
+    ) -> str | None:
+        """None when the volume supports every capability; otherwise why not."""
+        record = self.volumes.require(volume_id)
+        if parameters and parse_parameters(parameters).raw != record.parameters:
+            return "the parameters differ from those the volume was created with"
+        try:
+            check_capabilities(capabilities)
+        except InvalidArgument as exc:
+            return str(exc)
+        return None
+
+    def list_volumes(self, max_entries: int, starting_token: str) -> tuple[list[VolumeInfo],
+                                                                           str]:
+        if max_entries < 0:
+            raise InvalidArgument("max_entries must not be negative")
+        if starting_token and not is_volume_id(starting_token):
+            raise Aborted(f"starting_token {starting_token!r} is not one this driver issued")
+        page = self.volumes.page(starting_token, max_entries + 1 if max_entries else 0)
+        more = bool(max_entries) and len(page) > max_entries
+        page = page[:max_entries] if max_entries else page
+        next_token = page[-1].id if more and page else ""
+        return [self._info(r) for r in page if r.state == "ready"], next_token
+
+    def capacity(self, capabilities: Sequence[Capability], parameters: Mapping[str, str],
+                 topology: Mapping[str, str] | None) -> int:
+        if parameters:
+            parse_parameters(parameters)
+        if capabilities:
+            try:
+                check_capabilities(capabilities)
+            except InvalidArgument:
+                return 0
+        if topology and topology.get(TOPOLOGY_KEY, self.node_id) != self.node_id:
+            return 0
+        return max(0, self.backend.available_bytes() - LUKS2_HEADER_BYTES)
+
+    def require(self, volume_id: str) -> VolumeRecord:
+        if not is_volume_id(volume_id):
+            raise NotFound(f"volume {volume_id} does not exist")
+        return self.volumes.require(volume_id)

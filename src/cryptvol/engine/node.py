@@ -1,0 +1,267 @@
+"""The node side of a volume's life: stage, publish, expand, measure, unpublish, unstage.
+
+Each step inspects what is already there (loop attached, mapping open, filesystem made,
+mount in place) and does only what is missing, so a retry after a crash converges. A device
+is formatted only when proven blank; a volume that holds data is opened, never reformatted.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Mapping
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from cryptvol.backends.base import Backend
+from cryptvol.engine.ids import is_volume_id
+from cryptvol.engine.locks import OperationLocks
+from cryptvol.engine.records import VolumeRecord, VolumeRepository
+from cryptvol.engine.sizes import LUKS2_HEADER_BYTES
+from cryptvol.engine.types import AccessType, Capability
+from cryptvol.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    OutOfRange,
+)
+from cryptvol.keys.manager import KeyManager
+from cryptvol.luks import cryptsetup
+from cryptvol.luks.cryptsetup import FormatOptions, OpenOptions
+from cryptvol.mounts import filesystem
+from cryptvol.mounts.mountinfo import mount_at
+from cryptvol.system.devices import device_size, require_blank
+from cryptvol.system.secret import Secret
+
+NODE_EXPAND_SECRET_KEYS = (
+    "csi.storage.k8s.io/node-expand-secret-name",
+    "csi.storage.k8s.io/node-expand-secret-namespace",
+)
+
+
+class UnlockBudget(Protocol):
+    def reserve(self, kib: int, timeout: float) -> AbstractContextManager[None]: ...
+
+
+@dataclass(frozen=True)
+class VolumeStats:
+    total_bytes: int
+    used_bytes: int
+    available_bytes: int
+    total_inodes: int
+    used_inodes: int
+    available_inodes: int
+    block: bool
+    abnormal: bool
+    message: str
+
+
+class NodeEngine:
+    def __init__(
+        self,
+        volumes: VolumeRepository,
+        keys: KeyManager,
+        backend: Backend,
+        node_id: str,
+        locks: OperationLocks,
+        budget: UnlockBudget | None = None,
+        budget_timeout: float = 60.0,
+    ) -> None:
+        self.volumes = volumes
+        self.keys = keys
+        self.backend = backend
+        self.node_id = node_id
+        self.locks = locks
+        self.budget = budget
+        self.budget_timeout = budget_timeout
+
+    # --- keys -----------------------------------------------------------------------------
+    def _key(self, record: VolumeRecord, secrets: Mapping[str, str], purpose: str) -> Secret:
+        if record.key_source == "managed":
+            return self.keys.get_dek(record.id)
+        if not secrets:
+            hint = ""
+            if purpose == "NodeExpandVolume":
+                hint = (" Set " + " and ".join(NODE_EXPAND_SECRET_KEYS) +
+                        " in the StorageClass so kubelet passes the passphrase.")
+            else:
+                hint = (" Set csi.storage.k8s.io/node-stage-secret-name and -namespace in the"
+                        " StorageClass.")
+            raise InvalidArgument(
+                f"volume {record.id} is unlocked by a passphrase and {purpose} got no "
+                f"secrets.{hint}"
+            )
+        value = secrets.get(record.secret_key)
+        if not value:
+            raise InvalidArgument(
+                f"the secret given to {purpose} has no key {record.secret_key!r} "
+                "(the StorageClass's secretKey); it holds: " + ", ".join(sorted(secrets))
+            )
+        return Secret(value.encode())
+
+    # --- NodeStageVolume --------------------------------------------------------------------
+    def stage(self, volume_id: str, staging_path: str, cap: Capability,
+              secrets: Mapping[str, str]) -> None:
+        _require_parent(staging_path, "staging_target_path")
+        with self.locks.hold(volume_id, "NodeStageVolume"):
+            record = self.volumes.require(volume_id)
+            key = self._key(record, secrets, "NodeStageVolume")
+            device = self.backend.attach(volume_id)
+            name = cryptsetup.mapping_name(volume_id)
+            if cryptsetup.status(name) is None:
+                self._open(record, device, name, key)
+            mapped = str(cryptsetup.mapping_path(name))
+            self._fit_mapping(record, device, name, key)
+            if cap.access_type is AccessType.BLOCK:
+                return
+            fs_type = cap.fs_type or record.fs_type
+            filesystem.ensure_filesystem(mapped, fs_type)
+            os.makedirs(staging_path, exist_ok=True)
+            filesystem.mount(mapped, staging_path, fs_type, list(cap.mount_flags), False)
+            filesystem.grow(mapped, staging_path, fs_type)
+
+    def _open(self, record: VolumeRecord, device: str, name: str, key: Secret) -> None:
+        fmt = FormatOptions(**record.luks.format)  # type: ignore[arg-type]
+        opts = OpenOptions(**record.luks.open)  # type: ignore[arg-type]
+        reserve: AbstractContextManager[None] = nullcontext()
+        if self.budget is not None and record.luks.unlock_memory_kib:
+            reserve = self.budget.reserve(record.luks.unlock_memory_kib, self.budget_timeout)
+        with reserve:
+            if not cryptsetup.is_luks(device):
+                require_blank(device)
+                cryptsetup.format_device(device, key, fmt)
+            cryptsetup.open_device(device, name, key, opts)
+
+    def _fit_mapping(self, record: VolumeRecord, device: str, name: str, key: Secret) -> None:
+        """Grow the mapping to its backing device after an expansion (online or offline)."""
+        self.backend.refresh(record.id)
+        status = cryptsetup.status(name)
+        if status is None:
+            raise FailedPrecondition(f"mapping {name} vanished while staging {record.id}")
+        if status.size_bytes + LUKS2_HEADER_BYTES < device_size(device):
+            needs_key = status.key_location == "keyring"
+            cryptsetup.resize(name, key if needs_key else None)
+
+    # --- NodeUnstageVolume ------------------------------------------------------------------
+    def unstage(self, volume_id: str, staging_path: str) -> None:
+        with self.locks.hold(volume_id, "NodeUnstageVolume"):
+            filesystem.unmount(staging_path)
+            cryptsetup.close_device(cryptsetup.mapping_name(volume_id))
+            if is_volume_id(volume_id):
+                self.backend.detach(volume_id)
+
+    # --- NodePublishVolume ------------------------------------------------------------------
+    def publish(self, volume_id: str, staging_path: str, target_path: str, cap: Capability,
+                read_only: bool) -> None:
+        _require_parent(target_path, "target_path")
+        with self.locks.hold(volume_id, "NodePublishVolume"):
+            self.volumes.require(volume_id)
+            mapped = str(cryptsetup.mapping_path(cryptsetup.mapping_name(volume_id)))
+            read_only = read_only or cap.read_only_mode
+            if cap.access_type is AccessType.BLOCK:
+                if cryptsetup.status(cryptsetup.mapping_name(volume_id)) is None:
+                    raise FailedPrecondition(f"volume {volume_id} is not staged on this node")
+                if not os.path.exists(target_path):
+                    Path(target_path).touch(mode=0o600)
+                filesystem.bind_mount(mapped, target_path, read_only)
+                return
+            staged = mount_at(staging_path)
+            if staged is None or os.path.realpath(staged.source) != os.path.realpath(mapped):
+                raise FailedPrecondition(
+                    f"volume {volume_id} is not staged at {staging_path}; call NodeStageVolume"
+                )
+            os.makedirs(target_path, exist_ok=True)
+            existing = mount_at(target_path)
+            if existing is not None and existing.read_only != read_only:
+                raise AlreadyExists(
+                    f"{target_path} is already published "
+                    f"{'read-only' if existing.read_only else 'read-write'}"
+                )
+            filesystem.bind_mount(staging_path, target_path, read_only)
+
+    # --- NodeUnpublishVolume ----------------------------------------------------------------
+    def unpublish(self, volume_id: str, target_path: str) -> None:
+        with self.locks.hold(volume_id, "NodeUnpublishVolume"):
+            filesystem.unmount(target_path)
+            if os.path.isdir(target_path):
+                os.rmdir(target_path)
+            elif os.path.exists(target_path):
+                os.unlink(target_path)
+
+    # --- NodeExpandVolume -------------------------------------------------------------------
+    def expand(self, volume_id: str, volume_path: str, staging_path: str,
+               required: int, secrets: Mapping[str, str]) -> int:
+        with self.locks.hold(volume_id, "NodeExpandVolume"):
+            record = self.volumes.require(volume_id)
+            if not os.path.exists(volume_path):
+                raise NotFound(f"volume path {volume_path} does not exist")
+            name = cryptsetup.mapping_name(volume_id)
+            status = cryptsetup.status(name)
+            if status is None:
+                raise FailedPrecondition(f"volume {volume_id} is not staged on this node")
+            device = self.backend.attached_device(volume_id)
+            if device is None:
+                raise FailedPrecondition(f"volume {volume_id} is not attached on this node")
+            backing = self.backend.refresh(volume_id)
+            if required and required + LUKS2_HEADER_BYTES > backing:
+                raise OutOfRange(
+                    f"the backing volume holds {backing - LUKS2_HEADER_BYTES} usable bytes, "
+                    f"less than the {required} asked; run ControllerExpandVolume first"
+                )
+            if status.size_bytes + LUKS2_HEADER_BYTES < backing:
+                key = None
+                if status.key_location == "keyring":
+                    key = self._key(record, secrets, "NodeExpandVolume")
+                cryptsetup.resize(name, key)
+            mapped = str(cryptsetup.mapping_path(name))
+            mounted = mount_at(volume_path)
+            if mounted is not None and mounted.fs_type in filesystem.SUPPORTED:
+                filesystem.grow(mapped, volume_path, mounted.fs_type)
+            size = device_size(mapped)
+
+            def grown(r: VolumeRecord) -> VolumeRecord:
+                return r.model_copy(update={"node_capacity_bytes": size})
+
+            self.volumes.update(volume_id, grown)
+            return size
+
+    # --- NodeGetVolumeStats -----------------------------------------------------------------
+    def stats(self, volume_id: str, volume_path: str) -> VolumeStats:
+        self.volumes.require(volume_id)
+        if not os.path.exists(volume_path):
+            raise NotFound(f"volume path {volume_path} does not exist")
+        name = cryptsetup.mapping_name(volume_id)
+        mapped = str(cryptsetup.mapping_path(name))
+        open_ = cryptsetup.status(name) is not None
+        mounted = mount_at(volume_path)
+        if stat.S_ISBLK(os.stat(volume_path).st_mode):
+            size = device_size(mapped) if open_ else 0
+            abnormal = not open_ or mounted is None
+            return VolumeStats(size, 0, 0, 0, 0, 0, True, abnormal,
+                               _condition(open_, mounted is not None))
+        if mounted is None or not open_:
+            return VolumeStats(0, 0, 0, 0, 0, 0, False, True,
+                               _condition(open_, mounted is not None))
+        usage = filesystem.usage(volume_path)
+        return VolumeStats(usage.total_bytes, usage.used_bytes, usage.available_bytes,
+                           usage.total_inodes, usage.used_inodes, usage.available_inodes,
+                           False, False, "volume is mounted and its mapping is open")
+
+
+def _condition(open_: bool, mounted: bool) -> str:
+    if not open_:
+        return "the dm-crypt mapping of this volume is gone; restage the volume"
+    if not mounted:
+        return "the volume is not mounted at the path; republish the volume"
+    return "healthy"
+
+
+def _require_parent(path: str, field: str) -> None:
+    if not path or not os.path.isabs(path):
+        raise InvalidArgument(f"{field} must be an absolute path")
+    parent = os.path.dirname(path.rstrip("/"))
+    if not os.path.isdir(parent):
+        raise NotFound(f"{field} {path}: its parent directory {parent} does not exist")

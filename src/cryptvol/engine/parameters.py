@@ -1,0 +1,77 @@
+"""StorageClass parameters: every key is owned by one layer, and an unknown key is an error.
+
+A typo such as `keysize` would otherwise silently give a volume the defaults; rejecting it
+at CreateVolume tells the user while nothing has been written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from cryptvol.errors import InvalidArgument
+from cryptvol.luks.policy import LUKS_PARAMETER_KEYS, LuksParameters, parse_luks_parameters
+from cryptvol.mounts.filesystem import SUPPORTED as SUPPORTED_FS
+from cryptvol.mounts.filesystem import check_fs_type
+
+FSTYPE_KEY = "csi.storage.k8s.io/fstype"
+# Kubernetes' external-provisioner adds these (with --extra-create-metadata) and reserves
+# the prefix; they describe the claim, not the volume, so they are accepted and not stored.
+RESERVED_PREFIX = "csi.storage.k8s.io/"
+KEY_SOURCE_KEY = "keySource"
+SECRET_KEY_KEY = "secretKey"
+ENGINE_KEYS = frozenset({FSTYPE_KEY, KEY_SOURCE_KEY, SECRET_KEY_KEY})
+KeySource = Literal["managed", "secret"]
+_KEY_SOURCES: tuple[KeySource, ...] = ("managed", "secret")
+
+
+class VolumeParameters(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    fs_type: str = "ext4"
+    key_source: KeySource = "managed"
+    secret_key: str = "passphrase"
+    luks: LuksParameters
+    # The parameters as given, minus claim metadata: compared on a repeated CreateVolume.
+    raw: dict[str, str]
+
+
+def parse_parameters(params: Mapping[str, str]) -> VolumeParameters:
+    kept = {k: v for k, v in params.items() if not _is_claim_metadata(k)}
+    unknown = sorted(k for k in kept if k not in ENGINE_KEYS and k not in LUKS_PARAMETER_KEYS)
+    if unknown:
+        known = sorted(ENGINE_KEYS | LUKS_PARAMETER_KEYS)
+        raise InvalidArgument(
+            f"unknown parameter(s) {', '.join(repr(k) for k in unknown)}; "
+            f"accepted keys: {', '.join(known)}"
+        )
+    fs_type = kept.get(FSTYPE_KEY, "ext4")
+    try:
+        check_fs_type(fs_type)
+    except InvalidArgument:
+        raise InvalidArgument(
+            f"parameter {FSTYPE_KEY!r}: {fs_type!r} is not supported; "
+            f"accepted values: {', '.join(SUPPORTED_FS)}"
+        ) from None
+    key_source = kept.get(KEY_SOURCE_KEY, "managed")
+    if key_source not in _KEY_SOURCES:
+        raise InvalidArgument(
+            f"parameter {KEY_SOURCE_KEY!r}: {key_source!r} is not supported; "
+            f"accepted values: {', '.join(_KEY_SOURCES)}"
+        )
+    secret_key = kept.get(SECRET_KEY_KEY, "passphrase")
+    if not secret_key:
+        raise InvalidArgument(f"parameter {SECRET_KEY_KEY!r} must not be empty")
+    return VolumeParameters(
+        fs_type=fs_type,
+        key_source="secret" if key_source == "secret" else "managed",
+        secret_key=secret_key,
+        luks=parse_luks_parameters(kept),
+        raw=dict(kept),
+    )
+
+
+def _is_claim_metadata(key: str) -> bool:
+    return key.startswith(RESERVED_PREFIX) and key != FSTYPE_KEY

@@ -1,0 +1,46 @@
+"""The one error hierarchy every layer raises.
+
+Each class names the CSI outcome it stands for; `cryptvol.csi.status` maps them to gRPC
+codes in one place. Messages are shown to users and to the container orchestrator, so they
+say what was wrong and what to do, and never carry key material.
+"""
+
+
+class CryptvolError(Exception):
+    """Base of every error cryptvol raises on purpose."""
+
+
+class InvalidArgument(CryptvolError):
+    """The request itself is wrong; retrying it unchanged cannot succeed."""
+
+
+class NotFound(CryptvolError):
+    """The volume, snapshot or path the request names does not exist."""
+
+
+class AlreadyExists(CryptvolError):
+    """A name is taken by an object made with other parameters."""
+
+
+class FailedPrecondition(CryptvolError):
+    """The request is valid, but the system is not in a state where it can be served."""
+
+
+class OutOfRange(CryptvolError):
+    """A size is outside what the volume or the pool supports."""
+
+
+class ResourceExhausted(CryptvolError):
+    """The pool or a node-wide budget is full."""
+
+
+class Aborted(CryptvolError):
+    """Another operation on the same object is in flight; the caller should retry."""
+
+
+class Unavailable(CryptvolError):
+    """A dependency (state store, key provider) cannot be reached right now."""
+
+
+class Internal(CryptvolError):
+    """Something that should work did not; the message says what, without secrets."""

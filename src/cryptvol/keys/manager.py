@@ -1,0 +1,216 @@
+"""The key manager: per-volume data keys (DEKs), wrapped under the current KEK, in the store.
+
+A replica first loads the key-set record and the material of every KEK it names; until that
+has worked it is not ready and serves nothing, so it can never wrap under a half-loaded set.
+Every new DEK is written with two compares: its own key must be absent (a DEK is never
+replaced) and the key-set record must be the one this replica loaded, so a replica that has
+not yet seen a rotation cannot wrap a new key under a KEK that reencrypt is about to retire.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptvol.errors import Aborted, CryptvolError, FailedPrecondition, NotFound, Unavailable
+from cryptvol.keys import envelope, metrics
+from cryptvol.keys.kek import Kek, KekProvider, new_kek_id
+from cryptvol.keys.kek_local import LocalKekProvider
+from cryptvol.keys.keyset import DEK_PREFIX, KEYSET_KEY, KekRecord, KeySetRecord, dek_key
+from cryptvol.keys.store.base import Compare, Delete, Put, Store
+from cryptvol.keys.store.sqlite import SqliteStore
+from cryptvol.system.secret import Secret
+
+log = logging.getLogger(__name__)
+
+DEK_BYTES = 32
+DB_FILE = "cryptvol.db"
+_CAS_ATTEMPTS = 20
+
+
+@dataclass(frozen=True)
+class LoadedKeySet:
+    """A key-set record, the store revision it was read at, and the material it names."""
+
+    record: KeySetRecord
+    revision: int
+    keks: dict[str, Kek]
+
+    @property
+    def current(self) -> Kek:
+        return self.keks[self.record.current.id]
+
+    def find(self, kek_id: str) -> Kek:
+        kek = self.keks.get(kek_id)
+        if kek is not None:
+            return kek
+        if self.record.is_retired(kek_id):
+            raise FailedPrecondition(f"KEK {kek_id} is retired; no wrapped key may use it")
+        raise FailedPrecondition(f"KEK {kek_id} is not in the key set this replica loaded")
+
+
+def load_key_set(store: Store, provider: KekProvider, *, create: bool = True) -> LoadedKeySet:
+    """Read the key-set record and open every KEK it names; make the first KEK on a new store.
+
+    Raises FailedPrecondition when material is missing, corrupt or does not match its
+    recorded fingerprint, and Unavailable when the store cannot be reached.
+    """
+    for _ in range(_CAS_ATTEMPTS):
+        entry = store.get(KEYSET_KEY)
+        if entry is not None:
+            record = KeySetRecord.from_bytes(entry.value)
+            keks: dict[str, Kek] = {}
+            for rec in record.keks:
+                kek = provider.open(rec.id, rec.ref, rec.created)
+                if kek.fingerprint != rec.fingerprint:
+                    raise FailedPrecondition(
+                        f"the material {provider.name} holds for KEK {rec.id} does not match the"
+                        f" fingerprint the state store records for it ({rec.fingerprint}); it is"
+                        " another key. Restore the right one from a backup (cryptvol keys import)"
+                    )
+                keks[rec.id] = kek
+            return LoadedKeySet(record, entry.revision, keks)
+        wrapped = store.count(DEK_PREFIX)
+        if wrapped:
+            raise FailedPrecondition(
+                f"the state store holds {wrapped} wrapped data keys but no key-set record"
+                f" ({KEYSET_KEY}); restore it from a backup (cryptvol keys import)."
+                " cryptvol never makes a new KEK in its place"
+            )
+        if not create:
+            raise FailedPrecondition("the state store holds no key set yet")
+        kek, ref = provider.create(new_kek_id())
+        record = KeySetRecord(
+            stage="start",
+            keks=(KekRecord(kek.id, kek.created, kek.fingerprint, ref, "current"),),
+            changed=time.time(),
+            history=(("start", time.time()),),
+        )
+        if store.txn([Compare(KEYSET_KEY, 0)], [Put(KEYSET_KEY, record.to_bytes())]):
+            log.info("made the first KEK %s (%s)", kek.id, provider.name)
+            continue
+        provider.discard(kek.id)  # another replica made the first key set first: use theirs
+    raise Aborted("the key-set record kept changing while loading it; retry")
+
+
+class KeyManager:
+    """Creates, reads and deletes the DEK of each volume. Thread-safe."""
+
+    def __init__(self, store: Store, provider: KekProvider, *, lazy: bool = False) -> None:
+        """Load the key set now. With `lazy`, a failure leaves the manager not ready (with the
+        reason) instead of raising; `reload()` tries again. Without it, only an unreachable
+        store is tolerated: missing or corrupt KEK material raises FailedPrecondition."""
+        self.store = store
+        self.provider = provider
+        self._lock = threading.Lock()
+        self._loaded: LoadedKeySet | None = None
+        self._reason = "the key set has not been loaded yet"
+        try:
+            self.reload()
+        except Unavailable:
+            pass
+        except CryptvolError:
+            if not lazy:
+                raise
+
+    # -- readiness -------------------------------------------------------------------------
+
+    def ready(self) -> bool:
+        return self._loaded is not None
+
+    def not_ready_reason(self) -> str:
+        return "" if self._loaded is not None else self._reason
+
+    def reload(self) -> LoadedKeySet:
+        """Load the key set from the store again; on failure keep the last good one, if any."""
+        with self._lock:
+            try:
+                loaded = load_key_set(self.store, self.provider)
+            except CryptvolError as exc:
+                if self._loaded is None:
+                    self._reason = f"the key set is not loaded: {exc}"
+                raise
+            self._loaded = loaded
+            self._reason = ""
+            metrics.observe_key_set(loaded.record)
+            return loaded
+
+    @property
+    def loaded(self) -> LoadedKeySet:
+        loaded = self._loaded
+        if loaded is None:
+            raise Unavailable(f"the key manager is not ready: {self._reason}")
+        return loaded
+
+    def _refresh_if_stale(self, seen: LoadedKeySet) -> LoadedKeySet:
+        entry = self.store.get(KEYSET_KEY)
+        if entry is not None and entry.revision != seen.revision:
+            return self.reload()
+        return seen
+
+    # -- data keys -------------------------------------------------------------------------
+
+    def create_dek(self, volume_id: str) -> Secret:
+        _check_volume_id(volume_id)
+        key = dek_key(volume_id)
+        for _ in range(_CAS_ATTEMPTS):
+            loaded = self.loaded
+            entry = self.store.get(key)
+            if entry is not None:
+                return self._unwrap(entry.value, volume_id, loaded)
+            dek = Secret(os.urandom(DEK_BYTES))
+            try:
+                blob = envelope.wrap(loaded.current, dek, volume_id)
+            except Exception:
+                metrics.WRAP_ERRORS.inc()
+                raise
+            if self.store.txn(
+                [Compare(key, 0), Compare(KEYSET_KEY, loaded.revision)], [Put(key, blob)]
+            ):
+                return dek
+            self._refresh_if_stale(loaded)
+        raise Aborted(f"the data key of volume {volume_id} kept changing while creating it; retry")
+
+    def get_dek(self, volume_id: str) -> Secret:
+        _check_volume_id(volume_id)
+        loaded = self.loaded
+        entry = self.store.get(dek_key(volume_id))
+        if entry is None:
+            raise NotFound(f"volume {volume_id} has no data key in the key store")
+        return self._unwrap(entry.value, volume_id, loaded)
+
+    def delete_dek(self, volume_id: str) -> None:
+        _check_volume_id(volume_id)
+        self.store.txn([], [Delete(dek_key(volume_id))])
+
+    def _unwrap(self, raw: bytes, volume_id: str, loaded: LoadedKeySet) -> Secret:
+        try:
+            kek_id = envelope.peek_kek_id(raw, what=f"volume {volume_id}")
+            if kek_id not in loaded.keks:
+                # A rotation may have happened since this replica loaded its key set.
+                loaded = self._refresh_if_stale(loaded)
+            return envelope.unwrap(raw, volume_id, loaded.find)
+        except CryptvolError:
+            metrics.UNWRAP_ERRORS.inc()
+            raise
+
+
+def _check_volume_id(volume_id: str) -> None:
+    if not volume_id or "\x00" in volume_id:
+        raise FailedPrecondition("a data key needs a non-empty volume id")
+
+
+def open_local(state_dir: Path) -> tuple[SqliteStore, KeyManager]:
+    """The embedded setup: `<state_dir>/cryptvol.db` and the KEK file beside it."""
+    state_dir = Path(state_dir)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    store = SqliteStore(state_dir / DB_FILE)
+    try:
+        return store, KeyManager(store, LocalKekProvider(state_dir))
+    except BaseException:
+        store.close()
+        raise

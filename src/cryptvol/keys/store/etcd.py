@@ -1,0 +1,202 @@
+"""The cluster state store: etcd v3, through its JSON gateway with the `etcd3gw` client.
+
+etcd already has what the `Store` contract asks for: one global revision, each key's
+`mod_revision`, multi-key transactions whose compares are checked atomically, ranges with a
+limit, and leases. A compare on a key's `mod_revision` equal to 0 holds exactly when the key
+is absent, as in the contract.
+
+The key manager talks to etcd directly, never through the Kubernetes API (see DESIGN.md).
+Endpoints are tried in order; a member that cannot be reached is skipped, so a cluster that
+keeps quorum stays usable while one member restarts. A store with no reachable member raises
+`Unavailable`; callers treat that as "not now", never as "absent".
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+import threading
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import urlsplit
+
+from etcd3gw.client import Etcd3Client
+from etcd3gw.exceptions import (
+    ConnectionFailedError,
+    ConnectionTimeoutError,
+    Etcd3Exception,
+    InternalServerError,
+)
+
+from cryptvol.errors import Internal, InvalidArgument, Unavailable
+from cryptvol.keys.store.base import Compare, Delete, Entry, Put, prefix_end
+
+# etcd refuses a transaction with more compares or more ops than --max-txn-ops (128 default).
+DEFAULT_MAX_TXN_OPS = 128
+_PAGE = 1000
+# 3.4 and later serve the gateway under /v3/; naming it skips a discovery round trip.
+_API_PATH = "/v3/"
+
+
+def _b64(text: str | bytes) -> str:
+    raw = text.encode() if isinstance(text, str) else text
+    return base64.b64encode(raw).decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.b64decode(text)
+
+
+def parse_endpoints(endpoints: str | Sequence[str]) -> list[tuple[str, int]]:
+    """`http://127.0.0.1:2379,127.0.0.2:2379` → [(host, port), ...]. Plain http only here."""
+    items = endpoints.split(",") if isinstance(endpoints, str) else list(endpoints)
+    out: list[tuple[str, int]] = []
+    for item in (i.strip() for i in items):
+        if not item:
+            continue
+        url = urlsplit(item if "://" in item else f"http://{item}")
+        if url.scheme != "http" or not url.hostname:
+            raise InvalidArgument(f"etcd endpoint {item!r} is not http://HOST:PORT")
+        out.append((url.hostname, url.port or 2379))
+    if not out:
+        raise InvalidArgument("no etcd endpoint given")
+    return out
+
+
+class EtcdStore:
+    """`Store` on an etcd v3 cluster. Thread-safe: each thread has its own HTTP sessions."""
+
+    def __init__(
+        self,
+        endpoints: str | Sequence[str],
+        *,
+        timeout: float = 5.0,
+        max_txn_ops: int = DEFAULT_MAX_TXN_OPS,
+    ) -> None:
+        self.endpoints = parse_endpoints(endpoints)
+        self.timeout = timeout
+        self.max_txn_ops = max_txn_ops
+        self._local = threading.local()
+        self._preferred = 0  # index of the last member that answered; tried first next time
+
+    def describe(self) -> str:
+        return "etcd " + ",".join(f"{h}:{p}" for h, p in self.endpoints)
+
+    # -- transport ------------------------------------------------------------------------
+
+    def _clients(self) -> list[Etcd3Client]:
+        clients: list[Etcd3Client] | None = getattr(self._local, "clients", None)
+        if clients is None:
+            clients = [
+                Etcd3Client(host=h, port=p, timeout=self.timeout, api_path=_API_PATH)
+                for h, p in self.endpoints
+            ]
+            self._local.clients = clients
+        return clients
+
+    def _call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        clients = self._clients()
+        start = self._preferred
+        failures: list[str] = []
+        for i in range(len(clients)):
+            idx = (start + i) % len(clients)
+            client = clients[idx]
+            try:
+                result: dict[str, Any] = client.post(client.get_url(path), json=body)
+            except (ConnectionFailedError, ConnectionTimeoutError, InternalServerError) as exc:
+                # 500 from the gateway is how a member without quorum or leader answers.
+                failures.append(f"{client.host}:{client.port}: {_short(exc)}")
+                continue
+            except Etcd3Exception as exc:
+                raise Internal(f"etcd refused {path}: {_short(exc)}") from None
+            self._preferred = idx
+            return result
+        raise Unavailable("etcd cannot be reached: " + "; ".join(failures))
+
+    # -- reads ----------------------------------------------------------------------------
+
+    def get(self, key: str) -> Entry | None:
+        result = self._call("/kv/range", {"key": _b64(key)})
+        kvs = result.get("kvs") or []
+        return _entry(kvs[0]) if kvs else None
+
+    def range(self, prefix: str, *, start_after: str = "", limit: int = 0) -> list[Entry]:
+        low = start_after + "\x00" if start_after >= prefix else prefix
+        end = prefix_end(prefix) or "\x00"  # "\0" as range_end means "to the last key"
+        out: list[Entry] = []
+        while True:
+            want = _PAGE if limit <= 0 else min(_PAGE, limit - len(out))
+            result = self._call(
+                "/kv/range", {"key": _b64(low), "range_end": _b64(end), "limit": want}
+            )
+            kvs = result.get("kvs") or []
+            out.extend(_entry(kv) for kv in kvs)
+            if not result.get("more") or not kvs or (limit > 0 and len(out) >= limit):
+                return out
+            low = out[-1].key + "\x00"
+
+    def count(self, prefix: str) -> int:
+        end = prefix_end(prefix) or "\x00"
+        result = self._call(
+            "/kv/range", {"key": _b64(prefix), "range_end": _b64(end), "count_only": True}
+        )
+        return int(result.get("count", 0))
+
+    def revision(self) -> int:
+        result = self._call("/kv/range", {"key": _b64("\x00"), "count_only": True})
+        return int(result["header"]["revision"])
+
+    # -- writes ---------------------------------------------------------------------------
+
+    def txn(self, compares: Sequence[Compare], ops: Sequence[Put | Delete]) -> bool:
+        if max(len(compares), len(ops)) > self.max_txn_ops:
+            raise InvalidArgument(
+                f"an etcd transaction takes at most {self.max_txn_ops} compares and ops"
+            )
+        body = {
+            "compare": [
+                {
+                    "key": _b64(c.key),
+                    "result": "EQUAL",
+                    "target": "MOD",
+                    "mod_revision": str(c.revision),
+                }
+                for c in compares
+            ],
+            "success": [_op(op) for op in ops],
+        }
+        result = self._call("/kv/txn", body)
+        return bool(result.get("succeeded", False))
+
+    def put_lease(self, key: str, value: bytes, ttl: float) -> None:
+        if ttl <= 0:
+            raise InvalidArgument("a lease needs a positive time-to-live")
+        # A fresh lease each time: the previous one then holds no key and lapses on its own.
+        lease = self._call("/lease/grant", {"TTL": max(1, math.ceil(ttl)), "ID": 0})
+        self._call(
+            "/kv/put", {"key": _b64(key), "value": _b64(value), "lease": str(lease["ID"])}
+        )
+
+    def close(self) -> None:
+        for client in getattr(self._local, "clients", None) or []:
+            client.session.close()
+        self._local = threading.local()
+
+
+def _op(op: Put | Delete) -> dict[str, Any]:
+    if isinstance(op, Put):
+        return {"request_put": {"key": _b64(op.key), "value": _b64(op.value)}}
+    return {"request_delete_range": {"key": _b64(op.key)}}
+
+
+def _entry(kv: dict[str, Any]) -> Entry:
+    return Entry(
+        key=_unb64(kv["key"]).decode(),
+        value=_unb64(kv.get("value", "")),
+        revision=int(kv.get("mod_revision", 0)),
+    )
+
+
+def _short(exc: Etcd3Exception) -> str:
+    detail = (exc.detail_text or "").strip().replace("\n", " ")
+    return (detail or str(exc) or type(exc).__name__)[:300]

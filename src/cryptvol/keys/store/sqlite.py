@@ -1,0 +1,210 @@
+"""The embedded state store: one SQLite file in WAL mode.
+
+One global revision counter lives in the `meta` table; a write transaction bumps it once and
+stamps every key it writes with the new value, so revisions behave as etcd's do. Writes run
+under `BEGIN IMMEDIATE`, which takes SQLite's write lock before the compares are read, so a
+compare-and-swap from another thread or another process can never slip in between.
+
+Keys put with a time-to-live (replica reports) carry an expiry; an expired key reads as
+absent everywhere and is swept by the next write.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TypeVar
+
+from cryptvol.errors import Internal, Unavailable
+from cryptvol.keys.store.base import Compare, Delete, Entry, Put, prefix_end
+
+_BUSY_TIMEOUT_MS = 30_000
+
+_T = TypeVar("_T")
+_Migration = Callable[[sqlite3.Connection], None]
+
+
+def _v1_kv(db: sqlite3.Connection) -> None:
+    db.execute(
+        "CREATE TABLE kv ("
+        " key TEXT PRIMARY KEY,"
+        " value BLOB NOT NULL,"
+        " revision INTEGER NOT NULL,"
+        " expires REAL"  # wall-clock expiry for keys put with a TTL; NULL: never
+        ") WITHOUT ROWID"
+    )
+    db.execute("CREATE TABLE meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL)")
+    db.execute("INSERT INTO meta (name, value) VALUES ('revision', 0)")
+
+
+# Applied in order at open; a migration's index + 1 is the schema version it produces.
+# Append only: never edit or reorder a released migration.
+MIGRATIONS: tuple[_Migration, ...] = (_v1_kv,)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class SqliteStore:
+    """`Store` on one SQLite file; safe to share between threads and between processes."""
+
+    def __init__(self, path: Path, *, clock: Callable[[], float] = time.time) -> None:
+        self.path = Path(path)
+        self._clock = clock
+        self._lock = threading.RLock()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(
+                str(self.path),
+                isolation_level=None,  # transactions are explicit: BEGIN IMMEDIATE below
+                check_same_thread=False,  # one connection, serialised by self._lock
+                timeout=_BUSY_TIMEOUT_MS / 1000,
+            )
+        except (OSError, sqlite3.Error) as exc:
+            raise Unavailable(f"cannot open the state database {self.path}: {exc}") from None
+        try:
+            self._db.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+            self._db.execute("PRAGMA journal_mode = WAL")
+            # A wrapped DEK that is not durable when the volume it formats is, loses data.
+            self._db.execute("PRAGMA synchronous = FULL")
+            self._migrate()
+        except sqlite3.Error as exc:
+            self._db.close()
+            raise Internal(f"cannot prepare the state database {self.path}: {exc}") from None
+
+    # -- schema -------------------------------------------------------------------------
+
+    def _migrate(self) -> None:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
+                if version > SCHEMA_VERSION:
+                    raise Internal(
+                        f"the state database {self.path} has schema version {version}, newer"
+                        f" than this cryptvol knows ({SCHEMA_VERSION}); run a newer cryptvol"
+                    )
+                for number, migration in enumerate(MIGRATIONS[version:], start=version + 1):
+                    migration(self._db)
+                    self._db.execute(f"PRAGMA user_version = {number}")
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    @property
+    def schema_version(self) -> int:
+        with self._lock:
+            return int(self._db.execute("PRAGMA user_version").fetchone()[0])
+
+    # -- reads --------------------------------------------------------------------------
+
+    def get(self, key: str) -> Entry | None:
+        with self._lock:
+            row = self._guard(
+                lambda: self._db.execute(
+                    "SELECT key, value, revision FROM kv"
+                    " WHERE key = ? AND (expires IS NULL OR expires > ?)",
+                    (key, self._clock()),
+                ).fetchone()
+            )
+        return Entry(row[0], bytes(row[1]), int(row[2])) if row else None
+
+    def range(self, prefix: str, *, start_after: str = "", limit: int = 0) -> list[Entry]:
+        low, low_op = (start_after, ">") if start_after >= prefix else (prefix, ">=")
+        sql = (
+            f"SELECT key, value, revision FROM kv WHERE key {low_op} ?"
+            " AND (? = '' OR key < ?) AND (expires IS NULL OR expires > ?) ORDER BY key"
+        )
+        end = prefix_end(prefix)
+        args: tuple[object, ...] = (low, end, end, self._clock())
+        if limit > 0:
+            sql += " LIMIT ?"
+            args += (limit,)
+        with self._lock:
+            rows = self._guard(lambda: self._db.execute(sql, args).fetchall())
+        return [Entry(r[0], bytes(r[1]), int(r[2])) for r in rows]
+
+    def count(self, prefix: str) -> int:
+        end = prefix_end(prefix)
+        with self._lock:
+            row = self._guard(
+                lambda: self._db.execute(
+                    "SELECT COUNT(*) FROM kv WHERE key >= ? AND (? = '' OR key < ?)"
+                    " AND (expires IS NULL OR expires > ?)",
+                    (prefix, end, end, self._clock()),
+                ).fetchone()
+            )
+        return int(row[0])
+
+    def revision(self) -> int:
+        """The store's current revision: the revision of its latest write."""
+        with self._lock:
+            row = self._guard(
+                lambda: self._db.execute("SELECT value FROM meta WHERE name='revision'").fetchone()
+            )
+        return int(row[0])
+
+    # -- writes -------------------------------------------------------------------------
+
+    def txn(self, compares: Sequence[Compare], ops: Sequence[Put | Delete]) -> bool:
+        return self._write(compares, ops, ttl=None)
+
+    def put_lease(self, key: str, value: bytes, ttl: float) -> None:
+        if ttl <= 0:
+            raise ValueError("a lease needs a positive time-to-live")
+        self._write((), (Put(key, value),), ttl=ttl)
+
+    def _write(
+        self, compares: Sequence[Compare], ops: Sequence[Put | Delete], *, ttl: float | None
+    ) -> bool:
+        with self._lock:
+            return self._guard(lambda: self._write_locked(compares, ops, ttl))
+
+    def _write_locked(
+        self, compares: Sequence[Compare], ops: Sequence[Put | Delete], ttl: float | None
+    ) -> bool:
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            now = self._clock()
+            db.execute("DELETE FROM kv WHERE expires IS NOT NULL AND expires <= ?", (now,))
+            for cmp in compares:
+                row = db.execute("SELECT revision FROM kv WHERE key = ?", (cmp.key,)).fetchone()
+                if (int(row[0]) if row else 0) != cmp.revision:
+                    db.execute("ROLLBACK")
+                    return False
+            if ops:
+                db.execute("UPDATE meta SET value = value + 1 WHERE name = 'revision'")
+                rev = int(db.execute("SELECT value FROM meta WHERE name='revision'").fetchone()[0])
+                expires = now + ttl if ttl is not None else None
+                for op in ops:
+                    if isinstance(op, Put):
+                        db.execute(
+                            "INSERT INTO kv (key, value, revision, expires) VALUES (?, ?, ?, ?)"
+                            " ON CONFLICT(key) DO UPDATE SET value = excluded.value,"
+                            " revision = excluded.revision, expires = excluded.expires",
+                            (op.key, op.value, rev, expires),
+                        )
+                    else:
+                        db.execute("DELETE FROM kv WHERE key = ?", (op.key,))
+            db.execute("COMMIT")
+            return True
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+
+    def _guard(self, fn: Callable[[], _T]) -> _T:
+        try:
+            return fn()
+        except sqlite3.OperationalError as exc:
+            # Locked past the busy timeout, disk full, file gone: the store is not usable now.
+            raise Unavailable(f"the state database {self.path} is not usable: {exc}") from None
+        except sqlite3.Error as exc:
+            raise Internal(f"the state database {self.path} failed: {exc}") from None
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

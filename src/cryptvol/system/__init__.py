@@ -1,0 +1,5 @@
+"""The one place that runs external commands."""
+
+from cryptvol.system.runner import CommandError, CommandResult, SecretFd, run
+
+__all__ = ["CommandError", "CommandResult", "SecretFd", "run"]

@@ -1,0 +1,67 @@
+"""Start long-running processes (a VM, a server) with the same rules as `runner.run`.
+
+`run` waits for its command; some children must live while the caller does other work, so
+they are started here instead. They get the same small environment and the same exec audit
+as `run`, and each starts in a process group of its own, so `stop` ends it and everything
+it spawned, with no survivors left to a broad kill.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+from collections.abc import Mapping, Sequence
+from typing import IO
+
+from cryptvol.system.runner import CommandError, _audit, command_env
+
+_Stream = int | IO[bytes] | None
+
+
+def start(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: str | None = None,
+    stdin: _Stream = subprocess.DEVNULL,
+    stdout: _Stream = None,
+    stderr: _Stream = None,
+) -> subprocess.Popen[bytes]:
+    """Start `argv` in a new process group and return it; the caller must `stop` it."""
+    full_env = command_env(env)
+    _audit(argv, full_env)
+    try:
+        return subprocess.Popen(
+            list(argv),
+            env=full_env,
+            cwd=cwd,
+            stdin=stdin,
+            stdout=stdout,
+            stderr=stderr,
+            start_new_session=True,
+        )
+    except FileNotFoundError:
+        raise CommandError(argv, 127, f"{argv[0]}: command not found") from None
+
+
+def stop(proc: subprocess.Popen[bytes], *, grace: float = 5.0) -> int:
+    """End `proc`'s whole process group: SIGTERM, then SIGKILL after `grace` seconds.
+
+    Returns the process's exit status. Safe to call on a process that already exited.
+    """
+    if proc.poll() is None:
+        _signal_group(proc, signal.SIGTERM)
+        try:
+            return proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            pass
+    # The leader may be gone while children it forked still hold the group.
+    _signal_group(proc, signal.SIGKILL)
+    return proc.wait()
+
+
+def _signal_group(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, sig)

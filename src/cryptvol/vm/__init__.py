@@ -1,0 +1,1 @@
+"""cryptvol vm layer."""

@@ -1,0 +1,89 @@
+"""Canary: no DEK or KEK byte sequence (raw, hex, base64) shows in any error or log record.
+
+Every failure path of the keys layer is provoked while logging is captured at DEBUG; the
+text of every exception (message, repr, formatted traceback) and every log record is then
+searched for every key this test made or loaded, in each encoding.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from cryptvol.errors import CryptvolError
+from cryptvol.keys.keyset import dek_key
+from cryptvol.keys.manager import open_local
+from cryptvol.keys.store.base import Put
+
+
+def encodings(secret: bytes) -> list[bytes]:
+    return [
+        secret,
+        secret.hex().encode(),
+        secret.hex().upper().encode(),
+        base64.b64encode(secret),
+        base64.urlsafe_b64encode(secret),
+        base64.b64encode(secret).rstrip(b"="),
+    ]
+
+
+def test_no_key_bytes_in_errors_or_logs(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    texts: list[str] = []
+
+    def expect_failure(action: Callable[[], object]) -> None:
+        with pytest.raises(CryptvolError) as info:
+            action()
+        exc = info.value
+        texts.extend([str(exc), repr(exc), "".join(traceback.format_exception(exc))])
+
+    store, km = open_local(tmp_path)
+    deks = {f"pvc-{i}": km.create_dek(f"pvc-{i}").reveal() for i in range(3)}
+    kek_doc = json.loads((tmp_path / "kek.json").read_text())
+    keks = [base64.b64decode(k["key"]) for k in kek_doc["keks"].values()]
+
+    # An envelope moved to another volume, a tampered one, and a damaged one.
+    store.txn([], [Put(dek_key("pvc-1"), store.get(dek_key("pvc-0")).value)])  # type: ignore[union-attr]
+    expect_failure(lambda: km.get_dek("pvc-1"))
+    env = json.loads(store.get(dek_key("pvc-2")).value)  # type: ignore[union-attr]
+    env["ct"] = base64.b64encode(b"\x00" + base64.b64decode(env["ct"])[1:]).decode()
+    store.txn([], [Put(dek_key("pvc-2"), json.dumps(env).encode())])
+    expect_failure(lambda: km.get_dek("pvc-2"))
+    store.txn([], [Put(dek_key("pvc-3"), b"garbage")])
+    expect_failure(lambda: km.get_dek("pvc-3"))
+    expect_failure(lambda: km.get_dek("absent"))
+    store.close()
+
+    # The KEK file made unreadable, swapped, or gone.
+    kek_file = tmp_path / "kek.json"
+    original = kek_file.read_text()
+    for damage in (
+        '{"v":1,"keks":{}}',
+        json.dumps({**json.loads(original), "v": 7}),
+        original[:-5],
+    ):
+        kek_file.write_text(damage)
+        expect_failure(lambda: open_local(tmp_path))
+    swapped = json.loads(original)
+    for item in swapped["keks"].values():
+        item["key"] = base64.b64encode(os.urandom(32)).decode()
+        keks.append(base64.b64decode(item["key"]))
+    kek_file.write_text(json.dumps(swapped))
+    expect_failure(lambda: open_local(tmp_path))
+    kek_file.unlink()
+    expect_failure(lambda: open_local(tmp_path))
+
+    texts.extend(r.getMessage() for r in caplog.records)
+    texts.extend(caplog.text.splitlines())
+    haystack = "\n".join(texts).encode()
+    assert texts
+    for secret in [*deks.values(), *keks]:
+        for form in encodings(secret):
+            assert form not in haystack

@@ -1,0 +1,73 @@
+"""The DEK envelope: AES-256-GCM under a KEK, bound to its volume, versioned, tamper-evident."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+
+import pytest
+
+from cryptvol.errors import FailedPrecondition
+from cryptvol.keys import envelope
+from cryptvol.keys.kek import Kek
+from cryptvol.system.secret import Secret
+
+KEK = Kek("kek-a", Secret(os.urandom(32)), 0.0)
+OTHER = Kek("kek-a", Secret(os.urandom(32)), 0.0)
+
+
+def find(kek_id: str) -> Kek:
+    assert kek_id == "kek-a"
+    return KEK
+
+
+def test_a_wrapped_dek_unwraps_for_its_volume_and_names_its_kek() -> None:
+    dek = Secret(os.urandom(32))
+    raw = envelope.wrap(KEK, dek, "pvc-1")
+    doc = json.loads(raw)
+    assert doc["v"] == 1 and doc["kek"] == "kek-a"
+    assert len(base64.b64decode(doc["nonce"])) == 12
+    assert envelope.unwrap(raw, "pvc-1", find) == dek
+    assert envelope.peek_kek_id(raw, what="x") == "kek-a"
+
+
+def test_each_wrap_uses_a_fresh_nonce() -> None:
+    dek = Secret(os.urandom(32))
+    a, b = envelope.wrap(KEK, dek, "v"), envelope.wrap(KEK, dek, "v")
+    assert json.loads(a)["nonce"] != json.loads(b)["nonce"]
+
+
+def test_an_envelope_copied_to_another_volume_does_not_unwrap() -> None:
+    raw = envelope.wrap(KEK, Secret(os.urandom(32)), "pvc-1")
+    with pytest.raises(FailedPrecondition, match="volume pvc-2 does not unwrap with KEK kek-a"):
+        envelope.unwrap(raw, "pvc-2", find)
+
+
+def test_a_tampered_ciphertext_is_refused() -> None:
+    doc = json.loads(envelope.wrap(KEK, Secret(os.urandom(32)), "pvc-1"))
+    ct = bytearray(base64.b64decode(doc["ct"]))
+    ct[0] ^= 1
+    doc["ct"] = base64.b64encode(bytes(ct)).decode()
+    with pytest.raises(FailedPrecondition, match="does not unwrap"):
+        envelope.unwrap(json.dumps(doc).encode(), "pvc-1", find)
+
+
+def test_the_wrong_kek_material_is_refused() -> None:
+    raw = envelope.wrap(OTHER, Secret(os.urandom(32)), "pvc-1")
+    with pytest.raises(FailedPrecondition, match="does not unwrap with KEK kek-a"):
+        envelope.unwrap(raw, "pvc-1", find)
+
+
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        (b"not json", "not a readable envelope"),
+        (b'{"v":2,"kek":"k","nonce":"","ct":""}', "envelope version 2"),
+        (b'{"v":1,"kek":"k"}', "not a readable envelope"),
+        (b'{"v":1,"kek":"k","nonce":"AAAA","ct":"AAAA"}', "malformed nonce"),
+    ],
+)
+def test_damaged_envelopes_get_a_clear_error(raw: bytes, message: str) -> None:
+    with pytest.raises(FailedPrecondition, match=message):
+        envelope.unwrap(raw, "pvc-1", find)

@@ -1,0 +1,132 @@
+"""The SQLite store: revisions, compare-and-swap, leases, migrations, threads and processes."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from cryptvol.errors import Internal
+from cryptvol.keys.store.base import Compare, Delete, Put, prefix_end
+from cryptvol.keys.store.sqlite import SCHEMA_VERSION, SqliteStore
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> SqliteStore:
+    s = SqliteStore(tmp_path / "state.db")
+    yield s  # type: ignore[misc]
+    s.close()
+
+
+def test_a_put_stamps_the_key_with_a_new_global_revision(store: SqliteStore) -> None:
+    assert store.txn([], [Put("/a", b"1")])
+    assert store.txn([], [Put("/b", b"2"), Put("/c", b"3")])
+    a, b, c = store.get("/a"), store.get("/b"), store.get("/c")
+    assert a and b and c
+    assert a.revision == 1 and b.revision == c.revision == 2
+    assert store.revision() == 2
+
+
+def test_compare_and_swap_applies_only_when_every_compare_holds(store: SqliteStore) -> None:
+    assert store.txn([Compare("/k", 0)], [Put("/k", b"first")])
+    assert not store.txn([Compare("/k", 0)], [Put("/k", b"second")])
+    entry = store.get("/k")
+    assert entry and entry.value == b"first"
+    assert not store.txn([Compare("/k", entry.revision), Compare("/other", 7)], [Delete("/k")])
+    assert store.txn([Compare("/k", entry.revision)], [Delete("/k")])
+    assert store.get("/k") is None
+
+
+def test_range_is_ordered_bounded_by_prefix_and_pages(store: SqliteStore) -> None:
+    for key in ["/v/b", "/v/a", "/v/c", "/w/a", "/v"]:
+        store.txn([], [Put(key, key.encode())])
+    assert [e.key for e in store.range("/v/")] == ["/v/a", "/v/b", "/v/c"]
+    assert [e.key for e in store.range("/v/", limit=2)] == ["/v/a", "/v/b"]
+    assert [e.key for e in store.range("/v/", start_after="/v/b")] == ["/v/c"]
+    assert store.count("/v/") == 3
+    assert store.count("/") == 5
+    assert prefix_end("/v/") == "/v0"
+
+
+def test_a_leased_key_disappears_after_its_ttl_unless_put_again(tmp_path: Path) -> None:
+    now = [1000.0]
+    store = SqliteStore(tmp_path / "s.db", clock=lambda: now[0])
+    store.put_lease("/r/one", b"x", ttl=10)
+    now[0] += 5
+    assert store.get("/r/one") is not None
+    store.put_lease("/r/one", b"y", ttl=10)
+    now[0] += 8
+    assert [e.value for e in store.range("/r/")] == [b"y"]
+    now[0] += 3
+    assert store.get("/r/one") is None and store.count("/r/") == 0
+    assert store.txn([Compare("/r/one", 0)], [Put("/r/one", b"z")])
+
+
+def test_the_schema_is_versioned_and_a_newer_one_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    SqliteStore(path).close()
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    db.close()
+    with pytest.raises(Internal, match="newer than this cryptvol knows"):
+        SqliteStore(path)
+
+
+def test_reopening_keeps_data_and_revisions(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    s = SqliteStore(path)
+    s.txn([], [Put("/x", b"1")])
+    s.close()
+    s = SqliteStore(path)
+    assert s.get("/x") == s.range("/x")[0]
+    assert s.txn([], [Put("/y", b"2")]) and s.revision() == 2
+
+
+def test_threads_incrementing_one_counter_by_cas_lose_no_update(store: SqliteStore) -> None:
+    store.txn([], [Put("/n", b"0")])
+
+    def bump(times: int) -> None:
+        done = 0
+        while done < times:
+            e = store.get("/n")
+            assert e
+            if store.txn([Compare("/n", e.revision)], [Put("/n", str(int(e.value) + 1).encode())]):
+                done += 1
+
+    threads = [threading.Thread(target=bump, args=(50,)) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    final = store.get("/n")
+    assert final and final.value == b"400"
+
+
+_BUMPER = """
+import sys
+from pathlib import Path
+from cryptvol.keys.store.base import Compare, Put
+from cryptvol.keys.store.sqlite import SqliteStore
+s = SqliteStore(Path(sys.argv[1]))
+done = 0
+while done < 100:
+    e = s.get("/n")
+    if s.txn([Compare("/n", e.revision)], [Put("/n", str(int(e.value) + 1).encode())]):
+        done += 1
+"""
+
+
+def test_processes_sharing_the_file_lose_no_update(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    s = SqliteStore(path)
+    s.txn([], [Put("/n", b"0")])
+    procs = [subprocess.Popen([sys.executable, "-c", _BUMPER, str(path)]) for _ in range(3)]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0, 0]
+    final = s.get("/n")
+    assert final and final.value == b"300"
