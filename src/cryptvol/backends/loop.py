@@ -12,6 +12,7 @@ from cryptvol.errors import FailedPrecondition, NotFound, ResourceExhausted
 from cryptvol.system import run
 from cryptvol.system.devices import device_size
 
+_SYS_BLOCK = Path("/sys/block")
 _VOLUME_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
@@ -88,12 +89,17 @@ class LoopBackend:
         path = self.path(volume_id)
         if not path.exists():
             return None
-        result = run(
-            ["losetup", "--list", "--noheadings", "--output", "NAME", "--associated", str(path)],
-            timeout=30,
-        )
-        lines = [ln.strip() for ln in result.stdout.splitlines() if ln.strip()]
-        return lines[0] if lines else None
+        # sysfs names each loop device's backing file: reading it costs microseconds where
+        # running `losetup --associated` costs a process start on every call.
+        wanted = os.path.realpath(path)
+        for backing in sorted(_SYS_BLOCK.glob("loop*/loop/backing_file")):
+            try:
+                name = backing.read_text().strip()
+            except OSError:
+                continue  # detached between the glob and the read
+            if name == wanted:
+                return f"/dev/{backing.parent.parent.name}"
+        return None
 
     def attach(self, volume_id: str) -> str:
         existing = self.attached_device(volume_id)

@@ -30,6 +30,7 @@ from cryptvol.errors import (
 )
 from cryptvol.keys.manager import KeyManager
 from cryptvol.luks.cryptsetup import mapping_name
+from cryptvol.system import failpoints
 from cryptvol.luks.policy import LuksPlan, plan
 
 
@@ -132,7 +133,9 @@ class ControllerEngine:
         )
 
     def _finish_create(self, record: VolumeRecord) -> VolumeRecord:
+        failpoints.reached("create:after-record")
         self.backend.create(record.id, record.backing_bytes)
+        failpoints.reached("create:after-backing")
         if record.key_source == "managed":
             self.keys.create_dek(record.id)
 

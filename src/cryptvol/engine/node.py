@@ -33,6 +33,7 @@ from cryptvol.luks import cryptsetup
 from cryptvol.luks.cryptsetup import FormatOptions, OpenOptions
 from cryptvol.mounts import filesystem
 from cryptvol.mounts.mountinfo import mount_at
+from cryptvol.system import failpoints
 from cryptvol.system.devices import device_size, require_blank
 from cryptvol.system.secret import Secret
 
@@ -119,6 +120,7 @@ class NodeEngine:
                 return
             fs_type = cap.fs_type or record.fs_type
             filesystem.ensure_filesystem(mapped, fs_type)
+            failpoints.reached("stage:after-mkfs")
             os.makedirs(staging_path, exist_ok=True)
             filesystem.mount(mapped, staging_path, fs_type, list(cap.mount_flags), False)
             filesystem.grow(mapped, staging_path, fs_type)
@@ -133,7 +135,9 @@ class NodeEngine:
             if not cryptsetup.is_luks(device):
                 require_blank(device)
                 cryptsetup.format_device(device, key, fmt)
+                failpoints.reached("stage:after-format")
             cryptsetup.open_device(device, name, key, opts)
+            failpoints.reached("stage:after-open")
 
     def _fit_mapping(self, record: VolumeRecord, device: str, name: str, key: Secret) -> None:
         """Grow the mapping to its backing device after an expansion (online or offline)."""

@@ -6,7 +6,7 @@ each KEK is held by a `KekProvider`. The record keeps, per KEK, an opaque refere
 provider handed out when it made the key: for the local file provider that reference is the
 file's name, for the root-key provider it is the KEK sealed under the root key, and a KMS
 provider would keep its KMS-wrapped blob there. So a KMIP or cloud KMS provider is one more
-class with `create`, `open` and `discard`.
+class with `create`, `open`, `discard` and `restore`.
 """
 
 from __future__ import annotations
@@ -76,4 +76,8 @@ class KekProvider(Protocol):
 
     def discard(self, kek_id: str) -> None:
         """Forget the material of a retired KEK (idempotent)."""
+        ...
+
+    def restore(self, kek: Kek) -> str:
+        """Keep material from a backup (`cryptvol keys import`); return its new reference."""
         ...

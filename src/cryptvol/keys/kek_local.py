@@ -76,23 +76,23 @@ class LocalKekProvider:
             if keks.pop(kek_id, None) is not None:
                 self._write(keks)
 
-    # -- more than the interface: backup and restore ------------------------------------
+    # -- more than the interface ------------------------------------------------------------
 
     def load_all(self) -> dict[str, Kek]:
         return self._read(missing_ok=True)
 
-    def restore(self, keks: list[Kek]) -> None:
-        """Add KEKs from a backup; one already present must hold the same material."""
+    def restore(self, kek: Kek) -> str:
+        """Add a KEK from a backup; one already present must hold the same material."""
         with self._locked():
             held = self._read(missing_ok=True)
-            for kek in keks:
-                old = held.get(kek.id)
-                if old is not None and old.key != kek.key:
-                    raise InvalidArgument(
-                        f"the backup's KEK {kek.id} differs from the one in {self.path}"
-                    )
-                held[kek.id] = kek
+            old = held.get(kek.id)
+            if old is not None and old.key != kek.key:
+                raise InvalidArgument(
+                    f"the backup's KEK {kek.id} differs from the one in {self.path}"
+                )
+            held[kek.id] = kek
             self._write(held)
+        return self.ref
 
     # -- the file -------------------------------------------------------------------------
 

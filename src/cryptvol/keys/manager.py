@@ -146,6 +146,9 @@ class KeyManager:
             raise Unavailable(f"the key manager is not ready: {self._reason}")
         return loaded
 
+    def loaded_or_none(self) -> LoadedKeySet | None:
+        return self._loaded
+
     def _refresh_if_stale(self, seen: LoadedKeySet) -> LoadedKeySet:
         entry = self.store.get(KEYSET_KEY)
         if entry is not None and entry.revision != seen.revision:

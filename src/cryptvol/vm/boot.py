@@ -38,6 +38,8 @@ _SERIAL_TAIL_LINES = 40
 # After the guest reported, how long it gets to power off before it is killed.
 _POWEROFF_GRACE = 15.0
 _POLL = 0.05
+# A minimal firmware that boots a -kernel image seconds sooner than SeaBIOS under TCG.
+_QBOOT = Path("/usr/share/qemu/qboot.rom")
 _ANSI = re.compile(rb"\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][0-9A-Za-z]|\x1bc|\r")
 
 
@@ -105,7 +107,8 @@ def qemu_argv(parts: Parts, work: Path, serial_log: Path, memory_mib: int, accel
         "-monitor", "none",
         "-nic", "none",
         "-serial", f"file:{serial_log}",
-        "-kernel", str(parts.vmlinuz),
+        *(["-bios", _QBOOT.name] if _QBOOT.is_file() else []),
+        "-kernel", str(parts.kernel),
         "-initrd", str(parts.initramfs),
         # panic=-1 turns a panic into a reboot, which -no-reboot turns into QEMU exiting.
         "-append", "console=ttyS0 panic=-1 loglevel=4 mitigations=off",

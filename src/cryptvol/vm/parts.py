@@ -24,6 +24,7 @@ import shutil
 import struct
 import tempfile
 import time
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,7 +65,7 @@ class Parts:
     """A bootable kernel and initramfs, and whether getting them built anything."""
 
     kernel_release: str
-    vmlinuz: Path
+    kernel: Path  # an uncompressed ELF vmlinux where possible, else the bzImage
     initramfs: Path
     built: bool
     seconds: float
@@ -93,7 +94,7 @@ def ensure_parts(cache: Path | str | None = None) -> Parts:
     vmlinuz = root / "kernels" / release / "vmlinuz"
     initramfs = root / "initramfs" / f"{release}-{key}.cpio.gz"
     if vmlinuz.is_file() and initramfs.is_file():
-        return Parts(release, vmlinuz, initramfs, False, time.monotonic() - started)
+        return Parts(release, _bootable(vmlinuz), initramfs, False, time.monotonic() - started)
     with _locked(root):
         # Another process may have built it while we waited for the lock.
         busybox = _busybox(root, build=True)
@@ -102,7 +103,12 @@ def ensure_parts(cache: Path | str | None = None) -> Parts:
         deb = _fetch_kernel(root, release)
         if not initramfs.is_file():
             _build_initramfs(root, release, deb, busybox, initramfs)
-    return Parts(release, vmlinuz, initramfs, True, time.monotonic() - started)
+    return Parts(release, _bootable(vmlinuz), initramfs, True, time.monotonic() - started)
+
+
+def _bootable(vmlinuz: Path) -> Path:
+    elf = vmlinuz.with_name("vmlinux")
+    return elf if elf.is_file() else vmlinuz
 
 
 def cached_state(cache: Path | str | None = None) -> tuple[str | None, bool, bool]:
@@ -218,8 +224,44 @@ def _fetch_kernel(root: Path, release: str) -> Path:
         if not image.is_file():
             raise VmUnavailable(f"linux-image-{release} has no /boot/vmlinuz-{release}")
         _install(image, vmlinuz)
+        config = tree / "boot" / f"config-{release}"
+        elf = _uncompressed_kernel(image) if _config_has(config, "CONFIG_PVH=y") else None
+        if elf is not None:
+            partial = kdir / ".vmlinux.part"
+            partial.write_bytes(elf)
+            os.replace(partial, kdir / "vmlinux")
         _install(got, deb)
     return deb
+
+
+def _uncompressed_kernel(bzimage: Path) -> bytes | None:
+    """The ELF kernel inside a bzImage, when it is xz- or gzip-compressed.
+
+    Under TCG, decompressing the kernel at boot costs seconds; QEMU boots the ELF
+    directly through its PVH entry point instead.
+    """
+    data = bzimage.read_bytes()
+    for magic, make in (
+        (b"\xfd7zXZ\x00", lambda: lzma.LZMADecompressor()),
+        (b"\x1f\x8b\x08", lambda: zlib.decompressobj(16 + zlib.MAX_WBITS)),
+    ):
+        at = data.find(magic)
+        if at < 0:
+            continue
+        try:
+            elf = make().decompress(data[at:])
+        except (lzma.LZMAError, zlib.error):
+            continue
+        if elf[:4] == b"\x7fELF":
+            return elf
+    return None
+
+
+def _config_has(config: Path, line: str) -> bool:
+    try:
+        return line in config.read_text().splitlines()
+    except OSError:
+        return False
 
 
 def _download(package: str, into: Path) -> None:

@@ -10,11 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from etcd_cluster import ETCD, EtcdCluster  # noqa: E402
-
-needs_etcd = pytest.mark.skipif(
-    not Path(ETCD).exists(), reason="etcd is not installed (apt-get install etcd-server)"
-)
+from etcd_cluster import EtcdCluster
 
 
 @pytest.fixture

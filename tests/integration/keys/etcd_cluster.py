@@ -47,6 +47,7 @@ class Member:
 class EtcdCluster:
     def __init__(self, root: Path, size: int = 1, *, max_txn_ops: int = 128) -> None:
         self.root = root
+        root.mkdir(parents=True, exist_ok=True)
         self.max_txn_ops = max_txn_ops
         self.members = [
             Member(
@@ -87,6 +88,7 @@ class EtcdCluster:
             "--max-txn-ops", str(self.max_txn_ops),
             "--heartbeat-interval", "50",
             "--election-timeout", "500",
+            "--logger", "zap",
             "--log-outputs", "stderr",
         ]  # fmt: skip
         log = open(m.log_path, "ab")  # noqa: SIM115 - the child keeps it

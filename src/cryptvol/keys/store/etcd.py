@@ -173,9 +173,7 @@ class EtcdStore:
             raise InvalidArgument("a lease needs a positive time-to-live")
         # A fresh lease each time: the previous one then holds no key and lapses on its own.
         lease = self._call("/lease/grant", {"TTL": max(1, math.ceil(ttl)), "ID": 0})
-        self._call(
-            "/kv/put", {"key": _b64(key), "value": _b64(value), "lease": str(lease["ID"])}
-        )
+        self._call("/kv/put", {"key": _b64(key), "value": _b64(value), "lease": str(lease["ID"])})
 
     def close(self) -> None:
         for client in getattr(self._local, "clients", None) or []:

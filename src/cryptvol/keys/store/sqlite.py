@@ -77,6 +77,8 @@ class SqliteStore:
 
     def _migrate(self) -> None:
         with self._lock:
+            if int(self._db.execute("PRAGMA user_version").fetchone()[0]) == SCHEMA_VERSION:
+                return  # the common case: no write lock, no fsync at open
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 version = int(self._db.execute("PRAGMA user_version").fetchone()[0])

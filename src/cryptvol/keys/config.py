@@ -1,0 +1,73 @@
+"""Where the keys layer keeps its state, and how to open it: one place for the CLI and serve.
+
+- No etcd endpoints: the embedded SQLite store `<state_dir>/cryptvol.db`.
+- etcd endpoints: the etcd store; the KEK set then must be sealed by a root key file
+  (`root_key`), since replicas on different machines share it through etcd.
+- A root key file with SQLite keeps the KEK set sealed in the SQLite store; without one, the
+  local provider keeps KEKs in `<state_dir>/kek.json`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptvol.errors import InvalidArgument
+from cryptvol.keys.kek import KekProvider
+from cryptvol.keys.kek_local import LocalKekProvider
+from cryptvol.keys.kek_rootkey import RootKeyProvider
+from cryptvol.keys.manager import DB_FILE, KeyManager
+from cryptvol.keys.store.base import Store
+from cryptvol.keys.store.sqlite import SqliteStore
+
+DEFAULT_STATE_DIR = Path("/var/lib/cryptvol/state")  # as `cryptvol serve`
+
+
+@dataclass(frozen=True)
+class KeysConfig:
+    state_dir: Path = DEFAULT_STATE_DIR
+    etcd_endpoints: str = ""
+    root_key: Path | None = None
+    etcd_timeout: float = 5.0
+
+    def __post_init__(self) -> None:
+        if self.etcd_endpoints and self.root_key is None:
+            raise InvalidArgument(
+                "with etcd endpoints, give a root key file (--root-key): replicas on other"
+                " machines must open the same KEKs, which a local KEK file cannot give them"
+            )
+
+    def describe(self) -> str:
+        store = f"etcd {self.etcd_endpoints}" if self.etcd_endpoints else str(self.db_path)
+        keks = f"root key {self.root_key}" if self.root_key else str(self.state_dir / "kek.json")
+        return f"store {store}, KEKs by {keks}"
+
+    @property
+    def db_path(self) -> Path:
+        return self.state_dir / DB_FILE
+
+
+def open_store(config: KeysConfig) -> Store:
+    """The store; for etcd this does not connect yet, so it works while etcd is down."""
+    if config.etcd_endpoints:
+        from cryptvol.keys.store.etcd import EtcdStore  # its HTTP stack is slow to import
+
+        return EtcdStore(config.etcd_endpoints, timeout=config.etcd_timeout)
+    return SqliteStore(config.db_path)
+
+
+def open_provider(config: KeysConfig) -> KekProvider:
+    if config.root_key is not None:
+        return RootKeyProvider(config.root_key)
+    return LocalKekProvider(config.state_dir)
+
+
+def open_keys(config: KeysConfig, *, lazy: bool = False) -> tuple[Store, KeyManager]:
+    """Store and key manager. With `lazy` nothing raises for a missing key set or KEK: the
+    manager stays not ready, with the reason, until `reload()` works (replicas use this)."""
+    store = open_store(config)
+    try:
+        return store, KeyManager(store, open_provider(config), lazy=lazy)
+    except BaseException:
+        store.close()
+        raise

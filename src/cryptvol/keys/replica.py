@@ -1,0 +1,234 @@
+"""A key-manager replica: loads the key set, follows rotations, reports under a lease.
+
+`Replica` is the loop every replica runs (the key-manager process here; `cryptvol serve
+--role controller` runs one too). It never crashes on a store that is down or a key set it
+cannot load: it stays not ready, says why, and tries again. It is ready only once the key set
+is loaded and its report published. The process (`cryptvol keys serve-replica`, or
+`python -m cryptvol.cli.keys serve-replica`) adds a small HTTP server on loopback: /healthz (alive),
+/readyz (200 when ready, 503 and the reason when not), /status (JSON) and /metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from cryptvol.errors import CryptvolError
+from cryptvol.keys import envelope, metrics
+from cryptvol.keys.config import KeysConfig, open_keys
+from cryptvol.keys.keyset import DEK_PREFIX, KEYSET_KEY
+from cryptvol.keys.manager import KeyManager
+from cryptvol.keys.replicas import NOT_READY, REPLICA_PREFIX, ReplicaReport
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TTL = 10.0
+DEFAULT_INTERVAL = 1.0
+
+
+class Replica:
+    def __init__(
+        self,
+        manager: KeyManager,
+        name: str,
+        *,
+        role: str = "key-manager",
+        interval: float = DEFAULT_INTERVAL,
+        ttl: float = DEFAULT_TTL,
+        count_interval: float = 300.0,
+    ) -> None:
+        if not name or "/" in name:
+            raise ValueError("a replica name is non-empty and has no '/'")
+        self.manager = manager
+        self.name = name
+        self.role = role
+        self.interval = interval
+        self.ttl = ttl
+        self.count_interval = count_interval
+        self._published = False
+        self._last_error = ""
+        self._last_count = 0.0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- state --------------------------------------------------------------------------------
+
+    def ready(self) -> bool:
+        return self.manager.ready() and self._published
+
+    def not_ready_reason(self) -> str:
+        if not self.manager.ready():
+            return self.manager.not_ready_reason()
+        if not self._published:
+            return f"the key set is loaded but not yet reported: {self._last_error or 'starting'}"
+        return ""
+
+    def status(self) -> dict[str, Any]:
+        loaded = self.manager.loaded_or_none()
+        return {
+            "name": self.name,
+            "role": self.role,
+            "ready": self.ready(),
+            "reason": self.not_ready_reason(),
+            "last_error": self._last_error,
+            "stage": loaded.record.stage if loaded else None,
+            "report": loaded.record.report() if loaded else NOT_READY,
+            "keks": [
+                {"id": k.id, "role": k.role, "fingerprint": k.fingerprint}
+                for k in (loaded.record.keks if loaded else ())
+            ],
+        }
+
+    # -- the loop -------------------------------------------------------------------------------
+
+    def tick(self) -> None:
+        """One round: catch up with the key-set record, then publish the report."""
+        try:
+            if not self.manager.ready():
+                self.manager.reload()
+            else:
+                entry = self.manager.store.get(KEYSET_KEY)
+                if entry is None or entry.revision != self.manager.loaded.revision:
+                    self.manager.reload()
+            self._last_error = ""
+        except CryptvolError as exc:
+            self._last_error = str(exc)
+        except Exception as exc:  # never let a surprise stop the replica
+            self._last_error = f"unexpected {type(exc).__name__}: {exc}"
+            log.exception("replica %s: loading the key set failed", self.name)
+        self._publish()
+        if self.count_interval > 0 and time.monotonic() - self._last_count > self.count_interval:
+            self._last_count = time.monotonic()
+            self._count_deks()
+
+    def _publish(self) -> None:
+        loaded = self.manager.loaded_or_none()
+        report = ReplicaReport(
+            name=self.name,
+            role=self.role,
+            report=loaded.record.report() if loaded else NOT_READY,
+            ready=loaded is not None,
+            reason="" if loaded else self.manager.not_ready_reason(),
+            time=time.time(),
+            pid=os.getpid(),
+            host=socket.gethostname(),
+            keks=tuple(sorted(loaded.keks)) if loaded else (),
+        )
+        try:
+            self.manager.store.put_lease(REPLICA_PREFIX + self.name, report.to_bytes(), self.ttl)
+        except CryptvolError as exc:
+            self._last_error = f"cannot publish the replica report: {exc}"
+            return
+        except Exception as exc:
+            self._last_error = f"cannot publish the replica report: {type(exc).__name__}"
+            log.exception("replica %s: publishing failed", self.name)
+            return
+        if loaded is not None:
+            self._published = True
+
+    def _count_deks(self) -> None:
+        counts: Counter[str] = Counter()
+        after = ""
+        try:
+            while entries := self.manager.store.range(DEK_PREFIX, start_after=after, limit=1000):
+                for e in entries:
+                    try:
+                        counts[envelope.peek_kek_id(e.value, what=e.key)] += 1
+                    except CryptvolError:
+                        counts["unreadable"] += 1
+                after = entries[-1].key
+        except CryptvolError:
+            return
+        metrics.DEKS_PER_KEK.clear()
+        for kek_id, n in counts.items():
+            metrics.DEKS_PER_KEK.labels(kek=kek_id).set(n)
+
+    def start(self) -> Replica:
+        self._thread = threading.Thread(target=self._run, name=f"replica-{self.name}", daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.tick()
+            metrics.READY.set(1 if self.ready() else 0)
+            self._stop.wait(self.interval)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    replica: Replica
+
+    def do_GET(self) -> None:
+        r = self.replica
+        if self.path == "/healthz":
+            self._send(200, "text/plain", b"ok\n")
+        elif self.path == "/readyz":
+            ok = r.ready()
+            self._send(
+                200 if ok else 503,
+                "text/plain",
+                (f"not ready: {r.not_ready_reason()}\n" if not ok else "ready\n").encode(),
+            )
+        elif self.path == "/status":
+            self._send(200, "application/json", json.dumps(r.status()).encode())
+        elif self.path == "/metrics":
+            self._send(200, CONTENT_TYPE_LATEST, generate_latest())
+        else:
+            self._send(404, "text/plain", b"not found\n")
+
+    def _send(self, code: int, ctype: str, body: bytes) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return
+
+
+def serve_health(replica: Replica, host: str, port: int) -> ThreadingHTTPServer:
+    handler = type("Handler", (_Handler,), {"replica": replica})
+    server = ThreadingHTTPServer((host, port), handler)
+    threading.Thread(target=server.serve_forever, name="health", daemon=True).start()
+    return server
+
+
+def run_replica(
+    config: KeysConfig,
+    name: str,
+    *,
+    health: tuple[str, int] | None,
+    interval: float = DEFAULT_INTERVAL,
+    ttl: float = DEFAULT_TTL,
+) -> int:
+    """The key-manager process: runs until SIGTERM or SIGINT, then exits 0."""
+    store, manager = open_keys(config, lazy=True)
+    replica = Replica(manager, name, interval=interval, ttl=ttl)
+    server = serve_health(replica, *health) if health else None
+    done = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: done.set())
+    log.info("replica %s starting (%s)", name, config.describe())
+    replica.start()
+    done.wait()
+    replica.stop()
+    if server is not None:
+        server.shutdown()
+    store.close()
+    return 0

@@ -1,0 +1,412 @@
+"""Staged KEK rotation: prepare → rotate → reencrypt, persisted and compare-and-swapped.
+
+Stages, in the key-set record (`keyset`):
+    start → prepare → rotate → reencrypt_request → reencrypt_active → reencrypt_finished
+`prepare` (from start or reencrypt_finished) adds a new KEK that every replica loads but none
+wraps with; `rotate` (from prepare) makes it current, keeping the old one to unwrap;
+`reencrypt` (from rotate) re-wraps every DEK under the current KEK and then retires the
+others. Each transition first waits until every live replica reports the key set of the
+present stage (bounded), and then changes the record by compare-and-swap: two operators, or
+an operator and a crashed-and-restarted one, can never both apply it.
+
+Reencrypt walks the DEKs in key order in batches. Each batch re-wraps its DEKs and moves the
+persisted cursor in one transaction, with a compare on every DEK's revision, on the key-set
+record and on the cursor; so a crash loses at most the batch in flight, a volume deleted
+meanwhile is not brought back, and one created meanwhile (already under the current KEK, as
+every replica agreed before reencrypt began) is not touched. Before retiring the old KEKs a
+last pass checks that no DEK still names one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+from cryptvol.errors import Aborted, FailedPrecondition, InvalidArgument
+from cryptvol.keys import envelope, metrics
+from cryptvol.keys.kek import KekProvider, new_kek_id
+from cryptvol.keys.keyset import (
+    DEK_PREFIX,
+    KEYSET_KEY,
+    KekRecord,
+    KeySetRecord,
+    Retired,
+)
+from cryptvol.keys.manager import LoadedKeySet, load_key_set
+from cryptvol.keys.replicas import ReplicaReport, await_agreement, live_replicas
+from cryptvol.keys.store.base import Compare, Entry, Put, Store
+
+log = logging.getLogger(__name__)
+
+REENCRYPT_KEY = "/cryptvol/keys/reencrypt"
+DEFAULT_WAIT = 30.0
+
+ALLOWED_NEXT: dict[str, tuple[str, ...]] = {
+    "start": ("prepare",),
+    "prepare": ("rotate",),
+    "rotate": ("reencrypt",),
+    "reencrypt_request": ("reencrypt",),
+    "reencrypt_active": ("reencrypt",),
+    "reencrypt_finished": ("prepare",),
+}
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class ReencryptState:
+    """The persisted cursor of a reencrypt: DEKs up to `cursor` (in key order) are done."""
+
+    cursor: str
+    done: int
+    total: int
+    rewrapped: int
+    target: str
+    started: float
+    updated: float
+    finished: bool = False
+
+    @property
+    def rate(self) -> float:
+        spent = self.updated - self.started
+        return self.done / spent if spent > 0 else 0.0
+
+    @property
+    def eta(self) -> float | None:
+        rate = self.rate
+        return max(0.0, (self.total - self.done) / rate) if rate > 0 and not self.finished else None
+
+    def to_bytes(self) -> bytes:
+        return json.dumps(self.__dict__, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> ReencryptState:
+        try:
+            return cls(**json.loads(raw))
+        except (ValueError, TypeError):
+            raise FailedPrecondition(
+                f"the reencrypt cursor {REENCRYPT_KEY} is unreadable"
+            ) from None
+
+
+@dataclass(frozen=True)
+class Status:
+    record: KeySetRecord
+    revision: int
+    replicas: list[ReplicaReport]
+    reencrypt: ReencryptState | None
+    deks: int
+
+    def to_json(self) -> dict[str, object]:
+        expected = self.record.report()
+        return {
+            "stage": self.record.stage,
+            "allowed_next": list(ALLOWED_NEXT[self.record.stage]),
+            "current_kek": self.record.current.id,
+            "keks": [
+                {"id": k.id, "role": k.role, "created": k.created, "fingerprint": k.fingerprint}
+                for k in self.record.keks
+            ],
+            "retired": [r.__dict__ for r in self.record.retired],
+            "expected_report": expected,
+            "replicas": [
+                {
+                    "name": r.name,
+                    "role": r.role,
+                    "ready": r.ready,
+                    "report": r.report,
+                    "agrees": r.ready and r.report == expected,
+                    "reason": r.reason,
+                    "last_report": r.time,
+                    "host": r.host,
+                    "pid": r.pid,
+                }
+                for r in self.replicas
+            ],
+            "deks": self.deks,
+            "reencrypt": None
+            if self.reencrypt is None
+            else {
+                **self.reencrypt.__dict__,
+                "rate_per_second": round(self.reencrypt.rate, 1),
+                "eta_seconds": self.reencrypt.eta,
+            },
+        }
+
+
+class Rotation:
+    """Drives the stages. `provider` is needed for prepare and reencrypt, not for status."""
+
+    def __init__(self, store: Store, provider: KekProvider | None = None) -> None:
+        self.store = store
+        self._provider = provider
+
+    @property
+    def provider(self) -> KekProvider:
+        if self._provider is None:
+            raise InvalidArgument("this operation needs the KEK provider")
+        return self._provider
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def read(self) -> tuple[KeySetRecord, int]:
+        entry = self.store.get(KEYSET_KEY)
+        if entry is None:
+            raise FailedPrecondition(
+                "the state store holds no key set yet; start a replica (or create a volume) first"
+            )
+        return KeySetRecord.from_bytes(entry.value), entry.revision
+
+    def cursor(self) -> tuple[ReencryptState | None, int]:
+        entry = self.store.get(REENCRYPT_KEY)
+        return (ReencryptState.from_bytes(entry.value), entry.revision) if entry else (None, 0)
+
+    def status(self) -> Status:
+        record, revision = self.read()
+        state, _ = self.cursor()
+        return Status(
+            record, revision, live_replicas(self.store), state, self.store.count(DEK_PREFIX)
+        )
+
+    # -- transitions --------------------------------------------------------------------------
+
+    def _check_stage(self, record: KeySetRecord, command: str, force: bool) -> None:
+        allowed = [s for s, nxt in ALLOWED_NEXT.items() if command in nxt]
+        if record.stage in allowed:
+            return
+        message = (
+            f"cannot {command}: the stage is {record.stage}; allowed next from there: "
+            + ", ".join(ALLOWED_NEXT[record.stage])
+        )
+        if not force:
+            raise FailedPrecondition(message + f" (--force skips this check: {FORCE_SKIPS})")
+        log.warning("forced: %s", message)
+
+    def _agree(self, record: KeySetRecord, force: bool, wait: float) -> None:
+        if force:
+            log.warning("forced: not waiting for replicas to agree on %s", record.report())
+            return
+        await_agreement(self.store, record, wait=wait)
+
+    def _swap(self, old_revision: int, new: KeySetRecord, *extra: Put) -> int:
+        if not self.store.txn(
+            [Compare(KEYSET_KEY, old_revision)], [Put(KEYSET_KEY, new.to_bytes()), *extra]
+        ):
+            raise Aborted("the key set changed while this transition ran; run it again")
+        metrics.observe_key_set(new)
+        entry = self.store.get(KEYSET_KEY)
+        return entry.revision if entry else 0
+
+    def prepare(self, *, force: bool = False, wait: float = DEFAULT_WAIT) -> KekRecord:
+        record, revision = self.read()
+        self._check_stage(record, "prepare", force)
+        self.forget_retired()
+        if record.by_role("prepared"):
+            raise FailedPrecondition(
+                f"KEK {record.by_role('prepared')[0].id} is already prepared; rotate to it"
+            )
+        self._agree(record, force, wait)
+        kek, ref = self.provider.create(new_kek_id())
+        added = KekRecord(kek.id, kek.created, kek.fingerprint, ref, "prepared")
+        try:
+            self._swap(revision, record.moved("prepare", (*record.keks, added), time.time()))
+        except Aborted:
+            self.provider.discard(kek.id)
+            raise
+        log.info("prepared KEK %s", kek.id)
+        return added
+
+    def rotate(self, *, force: bool = False, wait: float = DEFAULT_WAIT) -> KekRecord:
+        record, revision = self.read()
+        self._check_stage(record, "rotate", force)
+        prepared = record.by_role("prepared")
+        if not prepared:
+            raise FailedPrecondition("no KEK is prepared to rotate to; run cryptvol keys prepare")
+        self._agree(record, force, wait)
+        new_id = prepared[0].id
+        keks = tuple(
+            replace(k, role="current" if k.id == new_id else "previous")
+            if k.role in ("current", "prepared")
+            else k
+            for k in record.keks
+        )
+        self._swap(revision, record.moved("rotate", keks, time.time()))
+        log.info("rotated to KEK %s", new_id)
+        return replace(prepared[0], role="current")
+
+    def reencrypt(
+        self,
+        *,
+        force: bool = False,
+        wait: float = DEFAULT_WAIT,
+        batch: int = 0,
+        progress: Progress | None = None,
+    ) -> ReencryptState:
+        """Run (or resume) reencrypt through to reencrypt_finished; return the final cursor."""
+        record, revision = self.read()
+        self._check_stage(record, "reencrypt", force)
+        if record.stage not in ("reencrypt_request", "reencrypt_active"):
+            self._agree(record, force, wait)
+            now = time.time()
+            state = ReencryptState(
+                "", 0, self.store.count(DEK_PREFIX), 0, record.current.id, now, now
+            )
+            revision = self._swap(
+                revision,
+                record.moved("reencrypt_request", record.keks, now),
+                Put(REENCRYPT_KEY, state.to_bytes()),
+            )
+            record, revision = self.read()
+        if record.stage == "reencrypt_request":
+            self._agree(record, force, wait)
+            self._swap(revision, record.moved("reencrypt_active", record.keks, time.time()))
+            record, revision = self.read()
+        if record.stage != "reencrypt_active":
+            raise Aborted(
+                f"the stage moved to {record.stage} while reencrypt started; run it again"
+            )
+        loaded = load_key_set(self.store, self.provider, create=False)
+        if loaded.revision != revision:
+            raise Aborted("the key set changed while reencrypt started; run it again")
+        state = self._walk(loaded, batch or _batch_size(self.store), progress)
+        self._sweep(loaded, progress, state)
+        self._agree(loaded.record, force, wait)
+        return self._finish(loaded)
+
+    def _walk(self, loaded: LoadedKeySet, batch: int, progress: Progress | None) -> ReencryptState:
+        target = loaded.record.current.id
+        while True:
+            state, cursor_rev = self.cursor()
+            if state is None or state.target != target:
+                now = time.time()
+                state = ReencryptState("", 0, self.store.count(DEK_PREFIX), 0, target, now, now)
+                cursor_rev = 0
+            entries = self.store.range(DEK_PREFIX, start_after=state.cursor, limit=batch)
+            if not entries:
+                return state
+            todo = [(e, self._rewrapped(e, loaded)) for e in entries]
+            changed = [(e, blob) for e, blob in todo if blob is not None]
+            new_state = replace(
+                state,
+                cursor=entries[-1].key,
+                done=state.done + len(entries),
+                total=max(state.total, state.done + len(entries)),
+                rewrapped=state.rewrapped + len(changed),
+                updated=time.time(),
+            )
+            ok = self.store.txn(
+                [Compare(KEYSET_KEY, loaded.revision), Compare(REENCRYPT_KEY, cursor_rev)]
+                + [Compare(e.key, e.revision) for e, _ in changed],
+                [Put(e.key, blob) for e, blob in changed]
+                + [Put(REENCRYPT_KEY, new_state.to_bytes())],
+            )
+            if not ok:
+                self._recover_batch(loaded, cursor_rev, changed, new_state)
+            if progress is not None:
+                progress(new_state.done, new_state.total)
+            metrics.REENCRYPT_DONE.set(new_state.done)
+            metrics.REENCRYPT_TOTAL.set(new_state.total)
+
+    def _recover_batch(
+        self,
+        loaded: LoadedKeySet,
+        cursor_rev: int,
+        changed: list[tuple[Entry, bytes]],
+        new_state: ReencryptState,
+    ) -> None:
+        """A batch failed its compares: find out why, and finish it one DEK at a time."""
+        entry = self.store.get(KEYSET_KEY)
+        if entry is None or entry.revision != loaded.revision:
+            raise Aborted("the key set changed during reencrypt; run cryptvol keys reencrypt again")
+        _, now_rev = self.cursor()
+        if now_rev != cursor_rev:
+            return  # another reencrypt moved the cursor; carry on from where it is now
+        for e, _ in changed:
+            self._rewrap_one(e.key, loaded)
+        self.store.txn(
+            [Compare(REENCRYPT_KEY, cursor_rev)], [Put(REENCRYPT_KEY, new_state.to_bytes())]
+        )
+
+    def _rewrap_one(self, key: str, loaded: LoadedKeySet) -> bool:
+        """Re-wrap one DEK by compare-and-swap until it is current or gone."""
+        for _ in range(50):
+            e = self.store.get(key)
+            if e is None:
+                return False  # deleted meanwhile: never brought back
+            blob = self._rewrapped(e, loaded)
+            if blob is None:
+                return False
+            if self.store.txn(
+                [Compare(KEYSET_KEY, loaded.revision), Compare(key, e.revision)], [Put(key, blob)]
+            ):
+                return True
+            entry = self.store.get(KEYSET_KEY)
+            if entry is None or entry.revision != loaded.revision:
+                raise Aborted("the key set changed during reencrypt; run it again")
+        raise Aborted(f"the data key {key} kept changing during reencrypt; run it again")
+
+    def _rewrapped(self, e: Entry, loaded: LoadedKeySet) -> bytes | None:
+        """The DEK in `e` wrapped under the current KEK, or None if it already is."""
+        volume_id = e.key[len(DEK_PREFIX) :]
+        if envelope.peek_kek_id(e.value, what=f"volume {volume_id}") == loaded.record.current.id:
+            return None
+        try:
+            dek = envelope.unwrap(e.value, volume_id, loaded.find)
+            return envelope.wrap(loaded.current, dek, volume_id)
+        except Exception:
+            metrics.UNWRAP_ERRORS.inc()
+            raise
+
+    def _sweep(
+        self, loaded: LoadedKeySet, progress: Progress | None, state: ReencryptState
+    ) -> None:
+        """Last pass before retiring: every DEK must name the current KEK."""
+        current = loaded.record.current.id
+        after = ""
+        while True:
+            entries = self.store.range(DEK_PREFIX, start_after=after, limit=1000)
+            if not entries:
+                break
+            for e in entries:
+                volume_id = e.key[len(DEK_PREFIX) :]
+                if envelope.peek_kek_id(e.value, what=f"volume {volume_id}") != current:
+                    log.info("sweep: re-wrapping %s", volume_id)
+                    self._rewrap_one(e.key, loaded)
+            after = entries[-1].key
+        if progress is not None:
+            progress(state.total, state.total)
+
+    def _finish(self, loaded: LoadedKeySet) -> ReencryptState:
+        now = time.time()
+        record = loaded.record
+        old = record.by_role("previous")
+        keks = tuple(k for k in record.keks if k.role != "previous")
+        retired = (*record.retired, *(Retired(k.id, k.fingerprint, now) for k in old))
+        state, _ = self.cursor()
+        final = replace(state, finished=True, updated=now) if state else None
+        extra = [Put(REENCRYPT_KEY, final.to_bytes())] if final else []
+        self._swap(
+            loaded.revision, record.moved("reencrypt_finished", keks, now, retired=retired), *extra
+        )
+        for k in old:
+            self.provider.discard(k.id)
+        log.info("reencrypt finished; retired %s", ", ".join(k.id for k in old) or "nothing")
+        return final or ReencryptState("", 0, 0, 0, record.current.id, now, now, True)
+
+    def forget_retired(self) -> None:
+        """Drop retired KEK material a crash may have left behind (idempotent)."""
+        record, _ = self.read()
+        for r in record.retired:
+            self.provider.discard(r.id)
+
+
+FORCE_SKIPS = "the stage order and the wait for every replica to agree"
+
+
+def _batch_size(store: Store) -> int:
+    # Two compares of every batch are the key-set record and the cursor.
+    limit = int(getattr(store, "max_txn_ops", 1002))
+    return max(1, min(1000, limit - 2))

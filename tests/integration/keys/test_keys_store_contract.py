@@ -1,0 +1,127 @@
+"""The `Store` contract, checked on both implementations: SQLite and a real etcd member."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from etcd_cluster import EtcdCluster
+
+from cryptvol.keys.store.base import Compare, Delete, Put, Store
+from cryptvol.keys.store.etcd import EtcdStore
+from cryptvol.keys.store.sqlite import SqliteStore
+
+
+@pytest.fixture(params=["sqlite", "etcd"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    if request.param == "sqlite":
+        s: Store = SqliteStore(tmp_path / "state.db")
+        yield s
+        s.close()
+        return
+    cluster = EtcdCluster(tmp_path / "etcd").start()
+    s = EtcdStore(cluster.endpoints)
+    try:
+        yield s
+    finally:
+        s.close()
+        cluster.stop()
+
+
+def test_get_of_an_absent_key_is_none(store: Store) -> None:
+    assert store.get("/nothing") is None
+
+
+def test_put_then_get_returns_value_and_a_positive_revision(store: Store) -> None:
+    assert store.txn([], [Put("/a", b"\x00\xffbinary")])
+    entry = store.get("/a")
+    assert entry is not None and entry.value == b"\x00\xffbinary" and entry.revision > 0
+
+
+def test_one_transaction_stamps_all_its_keys_with_one_newer_revision(store: Store) -> None:
+    store.txn([], [Put("/a", b"1")])
+    store.txn([], [Put("/b", b"2"), Put("/c", b"3")])
+    a, b, c = (store.get(k) for k in ("/a", "/b", "/c"))
+    assert a and b and c and b.revision == c.revision > a.revision
+
+
+def test_compare_on_zero_means_absent(store: Store) -> None:
+    assert store.txn([Compare("/k", 0)], [Put("/k", b"1")])
+    assert not store.txn([Compare("/k", 0)], [Put("/k", b"2")])
+    assert store.get("/k").value == b"1"  # type: ignore[union-attr]
+
+
+def test_compare_and_swap_on_the_revision(store: Store) -> None:
+    store.txn([], [Put("/k", b"1")])
+    rev = store.get("/k").revision  # type: ignore[union-attr]
+    assert store.txn([Compare("/k", rev)], [Put("/k", b"2")])
+    assert not store.txn([Compare("/k", rev)], [Put("/k", b"3")])
+    assert store.get("/k").value == b"2"  # type: ignore[union-attr]
+
+
+def test_a_failed_compare_applies_none_of_the_ops(store: Store) -> None:
+    store.txn([], [Put("/x", b"1")])
+    assert not store.txn([Compare("/x", 0)], [Put("/y", b"1"), Delete("/x")])
+    assert store.get("/y") is None and store.get("/x") is not None
+
+
+def test_delete_removes_and_is_idempotent(store: Store) -> None:
+    store.txn([], [Put("/d", b"1")])
+    assert store.txn([], [Delete("/d")])
+    assert store.txn([], [Delete("/d")])
+    assert store.get("/d") is None
+    assert store.txn([Compare("/d", 0)], [Put("/d", b"again")])
+
+
+def test_range_orders_by_key_stays_in_the_prefix_and_pages(store: Store) -> None:
+    keys = [f"/p/{i:04d}" for i in range(25)]
+    store.txn([], [Put(k, k.encode()) for k in reversed(keys)])
+    store.txn([], [Put("/p", b"x"), Put("/q/0", b"x"), Put("/o/9", b"x")])
+    assert [e.key for e in store.range("/p/")] == keys
+    assert [e.key for e in store.range("/p/", limit=10)] == keys[:10]
+    assert [e.key for e in store.range("/p/", start_after=keys[9], limit=10)] == keys[10:20]
+    assert [e.key for e in store.range("/p/", start_after=keys[-1])] == []
+    assert store.count("/p/") == 25
+    assert store.count("/none/") == 0
+
+
+def test_range_pages_past_a_thousand_keys(store: Store) -> None:
+    for start in range(0, 2100, 100):
+        store.txn([], [Put(f"/big/{i:05d}", b"v") for i in range(start, start + 100)])
+    entries = store.range("/big/")
+    assert len(entries) == 2100 == store.count("/big/")
+    assert entries[0].key == "/big/00000" and entries[-1].key == "/big/02099"
+
+
+def test_a_leased_key_is_visible_then_gone_after_its_ttl(store: Store) -> None:
+    store.put_lease("/lease/a", b"alive", ttl=1)
+    assert store.get("/lease/a").value == b"alive"  # type: ignore[union-attr]
+    store.put_lease("/lease/a", b"again", ttl=30)
+    assert [e.value for e in store.range("/lease/")] == [b"again"]
+    store.put_lease("/lease/b", b"short", ttl=1)
+    deadline = __import__("time").monotonic() + 10
+    while store.get("/lease/b") is not None:
+        assert __import__("time").monotonic() < deadline, "the lease never lapsed"
+        __import__("time").sleep(0.2)
+    assert store.get("/lease/a") is not None
+
+
+def test_concurrent_cas_increments_lose_nothing(store: Store) -> None:
+    store.txn([], [Put("/n", b"0")])
+
+    def bump(times: int) -> None:
+        done = 0
+        while done < times:
+            e = store.get("/n")
+            assert e is not None
+            if store.txn([Compare("/n", e.revision)], [Put("/n", str(int(e.value) + 1).encode())]):
+                done += 1
+
+    threads = [threading.Thread(target=bump, args=(15,)) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert store.get("/n").value == b"60"  # type: ignore[union-attr]

@@ -1,0 +1,102 @@
+"""Run the real driver (`cryptvol serve`) as a child process and speak CSI to it.
+
+Every test that needs a driver gets a fresh one with its own socket, state and pool, and
+the exec audit on, so the test can read the argv and environment of every command the
+driver started.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cryptvol.csi.client import CsiClient
+
+
+@dataclass
+class RunningDriver:
+    work: Path
+    node_id: str = "node-1"
+    extra_env: dict[str, str] = field(default_factory=dict)
+    proc: subprocess.Popen[bytes] | None = None
+    client: CsiClient | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"unix://{self.work}/csi.sock"
+
+    @property
+    def log_path(self) -> Path:
+        return self.work / "driver.log"
+
+    @property
+    def audit_path(self) -> Path:
+        return self.work / "exec-audit.jsonl"
+
+    @property
+    def state_dir(self) -> Path:
+        return self.work / "state"
+
+    @property
+    def pool_dir(self) -> Path:
+        return self.work / "pool"
+
+    def start(self, failpoints: str = "") -> CsiClient:
+        env = dict(os.environ)
+        env.update(self.extra_env)
+        env["CRYPTVOL_EXEC_AUDIT"] = str(self.audit_path)
+        if failpoints:
+            env["CRYPTVOL_FAILPOINTS"] = failpoints
+        else:
+            env.pop("CRYPTVOL_FAILPOINTS", None)
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "cryptvol", "serve", "--endpoint", self.endpoint,
+             "--node-id", self.node_id, "--state-dir", str(self.state_dir),
+             "--pool-dir", str(self.pool_dir), "--log-json", "--log-level", "debug"],
+            env=env, stdout=log, stderr=log,
+        )
+        log.close()
+        self.client = CsiClient(self.endpoint)
+        self.client.wait_ready(30)
+        return self.client
+
+    def wait_killed(self, timeout: float = 60) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout)
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> int:
+        if self.client:
+            self.client.close()
+            self.client = None
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            return self.proc.wait(60)
+        return self.proc.returncode
+
+    def restart(self, failpoints: str = "") -> CsiClient:
+        self.stop()
+        # A crashed driver leaves its socket file behind; the new one must replace it.
+        time.sleep(0.05)
+        return self.start(failpoints)
+
+    def log_lines(self) -> list[str]:
+        return self.log_path.read_text().splitlines() if self.log_path.exists() else []
+
+    def audit(self) -> list[dict[str, object]]:
+        if not self.audit_path.exists():
+            return []
+        return [json.loads(line) for line in self.audit_path.read_text().splitlines()]
