@@ -64,7 +64,7 @@ class RunningDriver:
         )
         log.close()
         self.client = CsiClient(self.endpoint)
-        self.client.wait_ready(30)
+        self.client.wait_ready(180)
         return self.client
 
     def wait_killed(self, timeout: float = 60) -> int:

@@ -73,10 +73,11 @@ def run_demo(work: Path) -> None:
     target = work / "target"
     staging.mkdir()
     with running_driver(work) as c:
-        created = step("CreateVolume (64 MiB, ext4, managed key)", lambda: c.controller.CreateVolume(
-            csi_pb2.CreateVolumeRequest(
-                name="demo-volume", volume_capabilities=[fs],
-                capacity_range=csi_pb2.CapacityRange(required_bytes=64 * MIB))))
+        create = csi_pb2.CreateVolumeRequest(
+            name="demo-volume", volume_capabilities=[fs],
+            capacity_range=csi_pb2.CapacityRange(required_bytes=64 * MIB))
+        created = step("CreateVolume (64 MiB, ext4, managed key)",
+                       lambda: c.controller.CreateVolume(create))
         vid = created.volume.volume_id
         stage = csi_pb2.NodeStageVolumeRequest(
             volume_id=vid, staging_target_path=str(staging), volume_capability=fs)

@@ -50,7 +50,8 @@ def checks(host: HostProbe) -> list[Check]:
     if argon2:
         found.append(Check("argon2", f"available ({', '.join(argon2)})", "ok"))
     else:
-        cause = "FIPS mode" if host.fips else (host.pbkdf_detail("argon2id") or "refused").rstrip(".")
+        refused = host.pbkdf_detail("argon2id") or "refused"
+        cause = "FIPS mode" if host.fips else refused.rstrip(".")
         found.append(Check(
             "argon2", "unavailable", "warn",
             f"{cause}. Managed-key volumes are unaffected (pbkdf2); passphrase volumes fall "

@@ -7,6 +7,7 @@ import click
 from cryptvol import __version__
 from cryptvol.cli.demo import demo_command
 from cryptvol.cli.serve import serve_command
+from cryptvol.cli.volume import volume_group
 
 
 @click.group()
@@ -17,6 +18,7 @@ def cli() -> None:
 
 cli.add_command(serve_command)
 cli.add_command(demo_command)
+cli.add_command(volume_group)
 
 
 def main() -> None:

@@ -11,7 +11,7 @@ from cryptvol.errors import InvalidArgument
 
 _Cap = csi_pb2.ControllerServiceCapability.RPC
 _OFFERED = (_Cap.CREATE_DELETE_VOLUME, _Cap.LIST_VOLUMES, _Cap.GET_CAPACITY,
-            _Cap.EXPAND_VOLUME)
+            _Cap.EXPAND_VOLUME, _Cap.GET_VOLUME)
 
 
 def _volume(info: VolumeInfo) -> csi_pb2.Volume:
@@ -102,6 +102,12 @@ class ControllerServicer(csi_pb2_grpc.ControllerServicer):  # type: ignore[misc]
                 rpc=csi_pb2.ControllerServiceCapability.RPC(type=t))
             for t in _OFFERED
         ])
+
+    def ControllerGetVolume(
+        self, request: csi_pb2.ControllerGetVolumeRequest, context: grpc.ServicerContext
+    ) -> csi_pb2.ControllerGetVolumeResponse:
+        info = self.engine.get_volume(convert.require(request.volume_id, "volume_id"))
+        return csi_pb2.ControllerGetVolumeResponse(volume=_volume(info))
 
     def ControllerExpandVolume(
         self, request: csi_pb2.ControllerExpandVolumeRequest, context: grpc.ServicerContext

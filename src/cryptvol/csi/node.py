@@ -7,8 +7,8 @@ import grpc
 from cryptvol import TOPOLOGY_KEY
 from cryptvol.csi import convert
 from cryptvol.csi.gen import csi_pb2, csi_pb2_grpc
-from cryptvol.engine.node import NodeEngine
 from cryptvol.engine.capabilities import check_capabilities
+from cryptvol.engine.node import NodeEngine
 from cryptvol.errors import InvalidArgument
 
 _Cap = csi_pb2.NodeServiceCapability.RPC

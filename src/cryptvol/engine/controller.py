@@ -7,7 +7,7 @@ cut short by a crash finishes when the container orchestrator retries it.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 from cryptvol import TOPOLOGY_KEY
 from cryptvol.backends.base import Backend
@@ -30,8 +30,8 @@ from cryptvol.errors import (
 )
 from cryptvol.keys.manager import KeyManager
 from cryptvol.luks.cryptsetup import mapping_name
-from cryptvol.system import failpoints
 from cryptvol.luks.policy import LuksPlan, plan
+from cryptvol.system import failpoints
 
 
 @dataclass(frozen=True)
@@ -123,12 +123,7 @@ class ControllerEngine:
             secret_key=params.secret_key,
             backend=self.backend.name,
             node_id=self.node_id,
-            luks=LuksRecord(
-                format=asdict(luks_plan.format),
-                open=asdict(luks_plan.open),
-                reasons=list(luks_plan.reasons),
-                unlock_memory_kib=getattr(luks_plan, "unlock_memory_kib", 0),
-            ),
+            luks=LuksRecord.model_validate(luks_plan.to_record()),
             node_capacity_bytes=capacity,
         )
 
@@ -174,8 +169,15 @@ class ControllerEngine:
         )
 
     def _info(self, record: VolumeRecord) -> VolumeInfo:
-        context = {"fsType": record.fs_type, "keySource": record.key_source,
-                   "mapping": mapping_name(record.id), "luks": "; ".join(record.luks.reasons)}
+        fmt = record.luks.format
+        context = {
+            "fsType": record.fs_type,
+            "keySource": record.key_source,
+            "mapping": mapping_name(record.id),
+            "cipher": f"{fmt.get('cipher')} {fmt.get('key_size')}-bit",
+            "pbkdf": str(fmt.get("pbkdf")),
+            "luks": "; ".join(record.luks.reasons),
+        }
         return VolumeInfo(
             volume_id=record.id,
             capacity_bytes=record.capacity_bytes,
@@ -263,6 +265,12 @@ class ControllerEngine:
         if topology and topology.get(TOPOLOGY_KEY, self.node_id) != self.node_id:
             return 0
         return max(0, self.backend.available_bytes() - LUKS2_HEADER_BYTES)
+
+    def get_volume(self, volume_id: str) -> VolumeInfo:
+        record = self.require(volume_id)
+        if record.state != "ready":
+            raise NotFound(f"volume {volume_id} is still being {record.state[:-3]}ed")
+        return self._info(record)
 
     def require(self, volume_id: str) -> VolumeRecord:
         if not is_volume_id(volume_id):

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Mapping
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -136,7 +136,8 @@ class NodeEngine:
                 require_blank(device)
                 cryptsetup.format_device(device, key, fmt)
                 failpoints.reached("stage:after-format")
-            cryptsetup.open_device(device, name, key, opts)
+            with _explain_wrong_key(record):
+                cryptsetup.open_device(device, name, key, opts)
             failpoints.reached("stage:after-open")
 
     def _fit_mapping(self, record: VolumeRecord, device: str, name: str, key: Secret) -> None:
@@ -147,7 +148,8 @@ class NodeEngine:
             raise FailedPrecondition(f"mapping {name} vanished while staging {record.id}")
         if status.size_bytes + LUKS2_HEADER_BYTES < device_size(device):
             needs_key = status.key_location == "keyring"
-            cryptsetup.resize(name, key if needs_key else None)
+            with _explain_wrong_key(record):
+                cryptsetup.resize(name, key if needs_key else None)
 
     # --- NodeUnstageVolume ------------------------------------------------------------------
     def unstage(self, volume_id: str, staging_path: str) -> None:
@@ -219,7 +221,9 @@ class NodeEngine:
                 key = None
                 if status.key_location == "keyring":
                     key = self._key(record, secrets, "NodeExpandVolume")
-                cryptsetup.resize(name, key)
+                with _explain_wrong_key(record):
+                    cryptsetup.resize(name, key)
+                failpoints.reached("expand:after-resize")
             mapped = str(cryptsetup.mapping_path(name))
             mounted = mount_at(volume_path)
             if mounted is not None and mounted.fs_type in filesystem.SUPPORTED:
@@ -253,6 +257,23 @@ class NodeEngine:
         return VolumeStats(usage.total_bytes, usage.used_bytes, usage.available_bytes,
                            usage.total_inodes, usage.used_inodes, usage.available_inodes,
                            False, False, "volume is mounted and its mapping is open")
+
+
+@contextmanager
+def _explain_wrong_key(record: VolumeRecord) -> Iterator[None]:
+    """A wrong passphrase is the caller's to fix (InvalidArgument); a managed key that does
+    not open its own volume means the key store and the header disagree."""
+    try:
+        yield
+    except cryptsetup.WrongKey:
+        if record.key_source == "secret":
+            raise InvalidArgument(
+                f"the passphrase in the secret does not unlock volume {record.id}"
+            ) from None
+        raise FailedPrecondition(
+            f"the managed key of volume {record.id} does not unlock its LUKS2 header; the "
+            "key store and the volume disagree (restored from another backup?)"
+        ) from None
 
 
 def _condition(open_: bool, mounted: bool) -> str:

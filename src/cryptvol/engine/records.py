@@ -28,6 +28,8 @@ class LuksRecord(BaseModel):
     open: dict[str, object]
     reasons: list[str]
     unlock_memory_kib: int = 0
+    pbkdf_asked: str = "auto"
+    fell_back: bool = False
 
 
 class VolumeRecord(BaseModel):
@@ -74,7 +76,9 @@ class VolumeRepository:
              Put(VOLUMES + record.id, record.model_dump_json().encode())],
         )
 
-    def update(self, volume_id: str, change: Callable[[VolumeRecord], VolumeRecord]) -> VolumeRecord:
+    def update(
+        self, volume_id: str, change: Callable[[VolumeRecord], VolumeRecord]
+    ) -> VolumeRecord:
         """Apply `change` to the stored record with compare-and-swap, retrying a lost race."""
         for _ in range(20):
             entry = self.store.get(VOLUMES + volume_id)

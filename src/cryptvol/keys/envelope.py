@@ -11,11 +11,11 @@ import base64
 import binascii
 import json
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from cryptvol.errors import FailedPrecondition
 from cryptvol.keys.kek import Kek
@@ -23,6 +23,11 @@ from cryptvol.system.secret import Secret
 
 VERSION = 1
 NONCE_BYTES = 12
+# The exact layout `to_bytes` writes, parsed without json (reencrypt reads 100,000 of these);
+# anything else goes through json and its precise errors.
+_EXACT = re.compile(
+    rb'\{"v":1,"kek":"([A-Za-z0-9._-]+)","nonce":"([A-Za-z0-9+/=]+)","ct":"([A-Za-z0-9+/=]+)"\}'
+)
 
 
 @dataclass(frozen=True)
@@ -32,21 +37,32 @@ class Envelope:
     ciphertext: bytes
 
     def to_bytes(self) -> bytes:
-        return json.dumps(
-            {
-                "v": VERSION,
-                "kek": self.kek_id,
-                "nonce": base64.b64encode(self.nonce).decode(),
-                "ct": base64.b64encode(self.ciphertext).decode(),
-            },
-            separators=(",", ":"),
-        ).encode()
+        # Built by hand: reencrypt serializes 100,000 of these, and json.dumps is the cost.
+        return b'{"v":%d,"kek":%s,"nonce":"%s","ct":"%s"}' % (
+            VERSION,
+            json.dumps(self.kek_id).encode(),
+            base64.b64encode(self.nonce),
+            base64.b64encode(self.ciphertext),
+        )
 
     @classmethod
     def from_bytes(cls, raw: bytes, *, what: str) -> Envelope:
         """Parse an envelope; `what` names its owner in the error (e.g. "volume pvc-1")."""
+        m = _EXACT.fullmatch(raw)
+        if m is not None:
+            try:
+                env = cls(
+                    kek_id=m.group(1).decode(),
+                    nonce=binascii.a2b_base64(m.group(2), strict_mode=True),
+                    ciphertext=binascii.a2b_base64(m.group(3), strict_mode=True),
+                )
+            except (binascii.Error, UnicodeDecodeError):
+                pass  # the slow path below says what is wrong
+            else:
+                if len(env.nonce) == NONCE_BYTES:
+                    return env
         try:
-            doc = json.loads(raw)
+            doc = json.loads(raw.decode())
             if not isinstance(doc, dict):
                 raise ValueError("not an object")
             version = doc.get("v")
@@ -62,7 +78,7 @@ class Envelope:
             )
         except FailedPrecondition:
             raise
-        except (ValueError, KeyError, TypeError, binascii.Error):
+        except (ValueError, KeyError, TypeError, binascii.Error, UnicodeDecodeError):
             raise FailedPrecondition(
                 f"the wrapped key of {what} is not a readable envelope; the record is damaged"
             ) from None
@@ -76,24 +92,37 @@ def peek_kek_id(raw: bytes, *, what: str) -> str:
     return Envelope.from_bytes(raw, what=what).kek_id
 
 
+def names_kek(raw: bytes, kek_id: str) -> bool:
+    """Whether the envelope `raw` is wrapped under `kek_id`: a fast test for reencrypt's
+    sweep. Base64 fields hold no quotes, so the marker cannot match inside them; an
+    envelope written in another layout fails the fast test and is parsed."""
+    if b'"kek":%s' % json.dumps(kek_id).encode() in raw:
+        return True
+    try:
+        return Envelope.from_bytes(raw, what="").kek_id == kek_id
+    except FailedPrecondition:
+        return False
+
+
 def wrap(kek: Kek, dek: Secret, volume_id: str) -> bytes:
     nonce = os.urandom(NONCE_BYTES)
-    ct = AESGCM(kek.key.reveal()).encrypt(nonce, dek.reveal(), volume_id.encode())
+    ct = kek.aead.encrypt(nonce, dek.reveal(), volume_id.encode())
     return Envelope(kek.id, nonce, ct).to_bytes()
+
+
+def open_envelope(env: Envelope, volume_id: str, kek: Kek) -> Secret:
+    """The DEK inside a parsed envelope of `volume_id`, with the KEK it names."""
+    try:
+        return Secret(kek.aead.decrypt(env.nonce, env.ciphertext, volume_id.encode()))
+    except InvalidTag:
+        raise FailedPrecondition(
+            f"the wrapped key of volume {volume_id} does not unwrap with KEK {env.kek_id}: the"
+            " record was altered, copied from another volume, or the KEK material is not the"
+            " one it was wrapped with"
+        ) from None
 
 
 def unwrap(raw: bytes, volume_id: str, find_kek: Callable[[str], Kek]) -> Secret:
     """Unwrap the DEK of `volume_id`; `find_kek` maps a KEK id to the loaded KEK or raises."""
-    what = f"volume {volume_id}"
-    env = Envelope.from_bytes(raw, what=what)
-    kek = find_kek(env.kek_id)
-    try:
-        return Secret(
-            AESGCM(kek.key.reveal()).decrypt(env.nonce, env.ciphertext, volume_id.encode())
-        )
-    except InvalidTag:
-        raise FailedPrecondition(
-            f"the wrapped key of {what} does not unwrap with KEK {env.kek_id}: the record was"
-            " altered, copied from another volume, or the KEK material is not the one it was"
-            " wrapped with"
-        ) from None
+    env = Envelope.from_bytes(raw, what=f"volume {volume_id}")
+    return open_envelope(env, volume_id, find_kek(env.kek_id))

@@ -16,8 +16,10 @@ import hmac
 import os
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
+
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from cryptvol.errors import InvalidArgument
 from cryptvol.system.secret import Secret
@@ -31,10 +33,13 @@ class Kek:
     id: str
     key: Secret
     created: float
+    # The cipher, made once: reencrypt wraps and unwraps 100,000 keys with one KEK.
+    aead: AESGCM = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if len(self.key) != KEK_BYTES:
             raise InvalidArgument(f"KEK {self.id} must be {KEK_BYTES} bytes")
+        object.__setattr__(self, "aead", AESGCM(self.key.reveal()))
 
     @property
     def fingerprint(self) -> str:

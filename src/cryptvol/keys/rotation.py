@@ -351,14 +351,15 @@ class Rotation:
     def _rewrapped(self, e: Entry, loaded: LoadedKeySet) -> bytes | None:
         """The DEK in `e` wrapped under the current KEK, or None if it already is."""
         volume_id = e.key[len(DEK_PREFIX) :]
-        if envelope.peek_kek_id(e.value, what=f"volume {volume_id}") == loaded.record.current.id:
-            return None
         try:
-            dek = envelope.unwrap(e.value, volume_id, loaded.find)
-            return envelope.wrap(loaded.current, dek, volume_id)
+            env = envelope.Envelope.from_bytes(e.value, what=f"volume {volume_id}")
+            if env.kek_id == loaded.record.current.id:
+                return None
+            dek = envelope.open_envelope(env, volume_id, loaded.find(env.kek_id))
         except Exception:
             metrics.UNWRAP_ERRORS.inc()
             raise
+        return envelope.wrap(loaded.current, dek, volume_id)
 
     def _sweep(
         self, loaded: LoadedKeySet, progress: Progress | None, state: ReencryptState
@@ -371,9 +372,8 @@ class Rotation:
             if not entries:
                 break
             for e in entries:
-                volume_id = e.key[len(DEK_PREFIX) :]
-                if envelope.peek_kek_id(e.value, what=f"volume {volume_id}") != current:
-                    log.info("sweep: re-wrapping %s", volume_id)
+                if not envelope.names_kek(e.value, current):
+                    log.info("sweep: re-wrapping %s", e.key)
                     self._rewrap_one(e.key, loaded)
             after = entries[-1].key
         if progress is not None:

@@ -30,6 +30,10 @@ EXIT_WRONG_DEVICE = 4  # also: inactive mapping for `status`
 EXIT_BUSY = 5
 
 
+class WrongKey(FailedPrecondition):
+    """cryptsetup found no keyslot that the key given opens."""
+
+
 @dataclass(frozen=True)
 class FormatOptions:
     cipher: str = "aes-xts-plain64"
@@ -136,9 +140,7 @@ def open_device(device: str, name: str, key: Secret, options: OpenOptions) -> No
         )
     except CommandError as exc:
         if exc.returncode == EXIT_NO_PERMISSION:
-            raise FailedPrecondition(
-                f"the key does not unlock the LUKS2 header on {device}"
-            ) from None
+            raise WrongKey(f"the key does not unlock the LUKS2 header on {device}") from None
         raise
 
 
@@ -164,10 +166,15 @@ def resize(name: str, key: Secret | None) -> None:
     current = status(name)
     if current is None:
         raise NotFound(f"mapping {name} is not open")
-    if key is None:
-        run([CRYPTSETUP, "resize", "--batch-mode", name], timeout=120)
-    else:
-        run([CRYPTSETUP, "resize", "--key-file=-", name], secret=key.reveal(), timeout=300)
+    try:
+        if key is None:
+            run([CRYPTSETUP, "resize", "--batch-mode", name], timeout=120)
+        else:
+            run([CRYPTSETUP, "resize", "--key-file=-", name], secret=key.reveal(), timeout=300)
+    except CommandError as exc:
+        if exc.returncode == EXIT_NO_PERMISSION:
+            raise WrongKey(f"the key does not unlock mapping {name} for resize") from None
+        raise
 
 
 def status(name: str) -> MappingStatus | None:

@@ -206,7 +206,20 @@ def open_options(
     params: LuksParameters, host: HostProbe | None, reasons: list[str] | None = None
 ) -> OpenOptions:
     """dm-crypt options for opening the volume on `host`. NodeStage may call it again with
-    the node's own probe: the flags a kernel accepts are the node's business."""
+    the node's own probe: the flags a kernel accepts are the node's business.
+
+    What each choice costs:
+    - volumeKeyInKeyring true (default): dm-crypt holds only a reference to a `logon` key in
+      the kernel keyring, so `dmsetup table --showkeys` cannot print the volume key; but
+      `cryptsetup resize` (online expansion) must then be given the key again, so
+      `keySource: secret` volumes need the node-expand secret. false: the key sits in the
+      dm table (root can read it), and resize works without any key.
+    - perfNoReadWorkqueue / perfNoWriteWorkqueue: crypt I/O inline in the submitting context
+      instead of dm-crypt's workqueues: lower latency on fast devices (NVMe, RAM-backed),
+      but heavy I/O then spends the submitter's CPU time; kernel 5.9+ (dropped elsewhere).
+    - allowDiscards: TRIM reaches the device (thin pools and sparse files shrink), at the
+      cost of revealing which blocks are unused.
+    """
     notes = reasons if reasons is not None else []
     read_wq, write_wq = params.perf_no_read_workqueue, params.perf_no_write_workqueue
     if (read_wq or write_wq) and host is not None and host.dm_crypt:

@@ -49,7 +49,6 @@ say "kernel up after $(cut -d' ' -f1 /proc/uptime)s"
 
 while read -r mod; do
     insmod "/lib/modules/$mod" 2>/dev/null || say "insmod ${mod##*/} failed (ignored)"
-    say "$(cut -d' ' -f1 /proc/uptime) $mod"
 done < /etc/cryptvol/modules
 
 opts=trans=virtio,version=9p2000.L,msize=262144

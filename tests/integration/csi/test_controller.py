@@ -139,3 +139,24 @@ def test_node_reports_its_id_topology_and_capabilities(csi):
     rpc = pb.NodeServiceCapability.RPC
     assert caps == {rpc.STAGE_UNSTAGE_VOLUME, rpc.GET_VOLUME_STATS, rpc.EXPAND_VOLUME,
                     rpc.VOLUME_CONDITION}
+
+
+def test_volume_show_tells_the_luks_parameters_and_why(csi, driver):
+    import json
+    import subprocess
+    import sys
+
+    volume = create(csi)
+    shown = subprocess.run(
+        [sys.executable, "-m", "cryptvol", "volume", "show", volume.volume_id,
+         "--endpoint", driver.endpoint, "--json"],
+        capture_output=True, text=True, check=True)
+    described = json.loads(shown.stdout)
+    assert described["id"] == volume.volume_id
+    assert described["pbkdf"] == "pbkdf2"
+    assert "managed" in described["luks"]
+    missing = subprocess.run(
+        [sys.executable, "-m", "cryptvol", "volume", "show", "cv-" + "0" * 32,
+         "--endpoint", driver.endpoint], capture_output=True, text=True)
+    assert missing.returncode != 0
+    assert "NOT_FOUND" in missing.stderr

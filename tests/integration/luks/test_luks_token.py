@@ -24,7 +24,8 @@ def _formatted(header: Path, params: dict[str, str]) -> tuple[str, object]:
 
 
 def test_the_header_explains_itself_to_plain_cryptsetup(header: Path) -> None:
-    device, _ = _formatted(header, {"pbkdf": "pbkdf2", "iterTime": "50", "allowDiscards": "true"})
+    device, _ = _formatted(header, {"pbkdf": "pbkdf2", "iterTime": "50",
+                                    "allowDiscards": "true"})
     token_id = next(int(i) for i, t in cryptsetup.dump_metadata(device)["tokens"].items()
                     if t["type"] == TOKEN_TYPE)
     exported = cryptsetup.token_export(device, token_id)
@@ -46,8 +47,9 @@ def test_the_token_holds_no_secret_and_unlocking_still_works(header: Path) -> No
 
 
 def test_writing_again_replaces_the_token(header: Path) -> None:
-    device, luks_plan = _formatted(header, {"pbkdf": "pbkdf2", "iterTime": "50"})
-    params = parse_luks_parameters({"pbkdf": "pbkdf2", "iterTime": "50", "allowDiscards": "true"})
+    device, _ = _formatted(header, {"pbkdf": "pbkdf2", "iterTime": "50"})
+    params = parse_luks_parameters({"pbkdf": "pbkdf2", "iterTime": "50",
+                                    "allowDiscards": "true"})
     write_policy_token(device, params, plan(params, "passphrase", None))
     tokens = cryptsetup.dump_metadata(device)["tokens"]
     assert [t["type"] for t in tokens.values()] == [TOKEN_TYPE]

@@ -59,7 +59,6 @@ def test_no_key_material_in_logs_errors_argv_or_environment(csi, driver, tmp_pat
         vol.unpublish()
         vol.unstage()
         vol.delete()
-    driver.stop()
 
     haystack = "\n".join(driver.log_lines() + messages).encode()
     haystack += json.dumps(driver.audit()).encode()

@@ -63,7 +63,7 @@ def test_two_concurrent_operations_on_one_volume_one_is_aborted(csi, tmp_path):
                                    "stage:after-mkfs"])
 def test_a_driver_killed_mid_stage_converges_on_retry(driver, tmp_path, point):
     csi = driver.client
-    vol = create_volume(csi, tmp_path, "crash", "ext4")
+    vol = create_volume(csi, tmp_path, "crash-" + point.replace(":", "-"), "ext4")
     vol.staging.mkdir()
     driver.restart(failpoints=point)
     vol.csi = driver.client
@@ -92,14 +92,15 @@ def test_a_driver_killed_mid_stage_converges_on_retry(driver, tmp_path, point):
 
 @pytest.mark.parametrize("point", ["create:after-record", "create:after-backing"])
 def test_a_driver_killed_mid_create_converges_on_retry(driver, tmp_path, point):
+    name = "crash-" + point.replace(":", "-")
     driver.restart(failpoints=point)
     with pytest.raises(grpc.RpcError) as info:
-        create_volume(driver.client, tmp_path, "crash-create", "ext4")
+        create_volume(driver.client, tmp_path, name, "ext4")
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE
     driver.wait_killed()
     csi = driver.restart()
-    vol = create_volume(csi, tmp_path, "crash-create", "ext4")
-    assert vol == create_volume(csi, tmp_path, "crash-create", "ext4")
+    vol = create_volume(csi, tmp_path, name, "ext4")
+    assert vol == create_volume(csi, tmp_path, name, "ext4")
     vol.stage()
     vol.publish()
     digest = vol.write()

@@ -27,7 +27,7 @@ def host_probe(
         PbkdfCheck(name="argon2id", available=has_argon2 and luks2,
                    detail="" if has_argon2 else _NO_ARGON2),
     )
-    perf = ("allow_discards", "same_cpu_crypt", "submit_from_crypt_cpus")
+    perf: tuple[str, ...] = ("allow_discards", "same_cpu_crypt", "submit_from_crypt_cpus")
     if workqueue_flags:
         perf += ("no_read_workqueue", "no_write_workqueue")
     fields: dict[str, Any] = {

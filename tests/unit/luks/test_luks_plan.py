@@ -127,7 +127,7 @@ def test_passphrase_pbkdf2_keeps_the_asked_iteration_time(make_host: MakeHost) -
 def test_host_without_luks2_is_refused_for_every_key(make_host: MakeHost) -> None:
     for kind in ("managed", "passphrase"):
         with pytest.raises(FailedPrecondition, match="cannot format LUKS2"):
-            plan(parse_luks_parameters({}), kind, make_host(luks2=False))  # type: ignore[arg-type]
+            plan(parse_luks_parameters({}), kind, make_host(luks2=False))
 
 
 def test_argon2_memory_is_capped_to_half_the_node(make_host: MakeHost) -> None:
@@ -192,6 +192,6 @@ def test_plan_runs_no_command(
     audit = tmp_path / "exec.jsonl"
     monkeypatch.setenv("CRYPTVOL_EXEC_AUDIT", str(audit))
     for kind in ("managed", "passphrase"):
-        plan(parse_luks_parameters({}), kind, make_host(argon2=False))  # type: ignore[arg-type]
-        plan(parse_luks_parameters({}), kind, None)  # type: ignore[arg-type]
+        plan(parse_luks_parameters({}), kind, make_host(argon2=False))
+        plan(parse_luks_parameters({}), kind, None)
     assert not audit.exists()

@@ -18,10 +18,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
-from cryptvol.errors import Internal, Unavailable
+from cryptvol.errors import Internal, InvalidArgument, Unavailable
 from cryptvol.keys.store.base import Compare, Delete, Entry, Put, prefix_end
 
 _BUSY_TIMEOUT_MS = 30_000
+_IN_CHUNK = 500  # keys per `IN (...)` query, well under SQLite's bound-parameter limit
 
 _T = TypeVar("_T")
 _Migration = Callable[[sqlite3.Connection], None]
@@ -40,9 +41,14 @@ def _v1_kv(db: sqlite3.Connection) -> None:
     db.execute("INSERT INTO meta (name, value) VALUES ('revision', 0)")
 
 
+def _v2_expiry_index(db: sqlite3.Connection) -> None:
+    # Every write sweeps expired leases; without this index that sweep reads the whole table.
+    db.execute("CREATE INDEX kv_expires ON kv (expires) WHERE expires IS NOT NULL")
+
+
 # Applied in order at open; a migration's index + 1 is the schema version it produces.
 # Append only: never edit or reorder a released migration.
-MIGRATIONS: tuple[_Migration, ...] = (_v1_kv,)
+MIGRATIONS: tuple[_Migration, ...] = (_v1_kv, _v2_expiry_index)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -161,6 +167,8 @@ class SqliteStore:
     def _write(
         self, compares: Sequence[Compare], ops: Sequence[Put | Delete], *, ttl: float | None
     ) -> bool:
+        if len({op.key for op in ops}) != len(ops):
+            raise InvalidArgument("a transaction may change each key at most once")  # as etcd
         with self._lock:
             return self._guard(lambda: self._write_locked(compares, ops, ttl))
 
@@ -172,31 +180,43 @@ class SqliteStore:
         try:
             now = self._clock()
             db.execute("DELETE FROM kv WHERE expires IS NOT NULL AND expires <= ?", (now,))
-            for cmp in compares:
-                row = db.execute("SELECT revision FROM kv WHERE key = ?", (cmp.key,)).fetchone()
-                if (int(row[0]) if row else 0) != cmp.revision:
-                    db.execute("ROLLBACK")
-                    return False
+            if not self._compares_hold(compares):
+                db.execute("ROLLBACK")
+                return False
             if ops:
                 db.execute("UPDATE meta SET value = value + 1 WHERE name = 'revision'")
                 rev = int(db.execute("SELECT value FROM meta WHERE name='revision'").fetchone()[0])
                 expires = now + ttl if ttl is not None else None
-                for op in ops:
-                    if isinstance(op, Put):
-                        db.execute(
-                            "INSERT INTO kv (key, value, revision, expires) VALUES (?, ?, ?, ?)"
-                            " ON CONFLICT(key) DO UPDATE SET value = excluded.value,"
-                            " revision = excluded.revision, expires = excluded.expires",
-                            (op.key, op.value, rev, expires),
-                        )
-                    else:
-                        db.execute("DELETE FROM kv WHERE key = ?", (op.key,))
+                db.executemany(
+                    "INSERT INTO kv (key, value, revision, expires) VALUES (?, ?, ?, ?)"
+                    " ON CONFLICT(key) DO UPDATE SET value = excluded.value,"
+                    " revision = excluded.revision, expires = excluded.expires",
+                    [(op.key, op.value, rev, expires) for op in ops if isinstance(op, Put)],
+                )
+                db.executemany(
+                    "DELETE FROM kv WHERE key = ?",
+                    [(op.key,) for op in ops if isinstance(op, Delete)],
+                )
             db.execute("COMMIT")
             return True
         except BaseException:
             if db.in_transaction:
                 db.execute("ROLLBACK")
             raise
+
+    def _compares_hold(self, compares: Sequence[Compare]) -> bool:
+        want: dict[str, int] = {}
+        for cmp in compares:
+            if want.setdefault(cmp.key, cmp.revision) != cmp.revision:
+                return False  # two compares on one key that cannot both hold
+        keys = list(want)
+        have: dict[str, int] = {}
+        for i in range(0, len(keys), _IN_CHUNK):
+            chunk = keys[i : i + _IN_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            rows = self._db.execute(f"SELECT key, revision FROM kv WHERE key IN ({marks})", chunk)
+            have.update((str(k), int(r)) for k, r in rows)
+        return all(have.get(k, 0) == rev for k, rev in want.items())
 
     def _guard(self, fn: Callable[[], _T]) -> _T:
         try:

@@ -1,0 +1,286 @@
+"""Where node tests run: on a real kernel with dm-crypt, inside the test VM if need be.
+
+Every test under tests/node is marked `node`. On a host whose kernel has device-mapper and
+loop devices, and inside the VM (`CRYPTVOL_IN_VM=1`), they run like any other test.
+Elsewhere the first node test boots the VM once for the whole session and runs every
+selected node test inside it with pytest; each node test on the host then reports the
+guest's result for it (from the guest's JUnit XML), so the summary counts them one by one.
+
+The guest's pytest output streams to the terminal and to a log file whose path is printed.
+Without QEMU or the VM's parts, node tests skip on a developer's machine and fail in CI
+(`CI` set), where they must never be skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+import time
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, Literal
+
+import pytest
+from _pytest.reports import TestReport
+
+from cryptvol.vm import (
+    IN_VM_ENV,
+    VmError,
+    VmUnavailable,
+    dm_crypt_available,
+    guest_env,
+    run_in_vm,
+)
+
+NODE_DIR = Path(__file__).parent / "node"
+TIMEOUT_ENV = "CRYPTVOL_NODE_TIMEOUT"
+DEFAULT_TIMEOUT = 1800.0
+_MODE_KEY = pytest.StashKey["_NodeMode"]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if os.environ.get(IN_VM_ENV) == "1":
+        mode = _NodeMode(config, in_vm=False, line="node tests: running inside the test VM")
+    elif dm_crypt_available():
+        mode = _NodeMode(config, in_vm=False, line="node tests: on the host (it has dm-crypt)")
+    else:
+        mode = _NodeMode(
+            config, in_vm=True, line="node tests: running inside a VM (host has no device-mapper)"
+        )
+    config.stash[_MODE_KEY] = mode
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if _is_node(item):
+            item.add_marker(pytest.mark.node)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_finish(session: pytest.Session) -> None:
+    if any(_is_node(item) for item in session.items):
+        session.config.stash[_MODE_KEY].announce()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> bool | None:
+    mode = item.config.stash[_MODE_KEY]
+    if not mode.in_vm or not _is_node(item):
+        return None
+    item.ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
+    for report in mode.reports_for(item):
+        item.ihook.pytest_runtest_logreport(report=report)
+    item.ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
+    return True
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    mode = config.stash.get(_MODE_KEY, None)
+    if mode is not None:
+        mode.cleanup()
+
+
+def _is_node(item: pytest.Item) -> bool:
+    return NODE_DIR in Path(item.path).parents
+
+
+@dataclass
+class _GuestResult:
+    outcome: Literal["passed", "failed", "skipped"]
+    when: Literal["setup", "call", "teardown"]
+    text: str
+    seconds: float
+
+
+class _NodeMode:
+    """How this session runs node tests, and (in the VM) the one guest run's results."""
+
+    def __init__(self, config: pytest.Config, *, in_vm: bool, line: str) -> None:
+        self.config = config
+        self.in_vm = in_vm
+        self.line = line
+        self._announced = False
+        self._ran = False
+        self._results: dict[str, list[_GuestResult]] = {}
+        self._problem: str | None = None
+        self._skip_reason: str | None = None
+        self._work: Path | None = None
+        self._keep_work = False
+
+    def announce(self) -> None:
+        if not self._announced:
+            self._announced = True
+            self._write_line(self.line)
+
+    def reports_for(self, item: pytest.Item) -> list[TestReport]:
+        if not self._ran:
+            self._ran = True
+            self._run_guest(item.session)
+        if self._skip_reason is not None:
+            return [_report(item, "setup", "skipped", _skip_repr(item, self._skip_reason))]
+        results = self._results.get(_junit_key(item.nodeid))
+        if not results:
+            self._keep_work = True
+            why = self._problem or "the guest's pytest did not report this test"
+            return [_report(item, "setup", "failed", f"not run in the VM: {why}")]
+        reports = []
+        for r in results:
+            longrepr: Any = _skip_repr(item, r.text) if r.outcome == "skipped" else r.text or None
+            reports.append(_report(item, r.when, r.outcome, longrepr, r.seconds))
+        return reports
+
+    def cleanup(self) -> None:
+        if self._work is not None and not self._keep_work:
+            shutil.rmtree(self._work, ignore_errors=True)
+
+    def _run_guest(self, session: pytest.Session) -> None:
+        nodeids = [i.nodeid for i in session.items if _is_node(i)]
+        self._work = Path(tempfile.mkdtemp(prefix="cryptvol-node-tests-"))
+        junit = self._work / "junit.xml"
+        log_path = self._work / "guest-pytest.log"
+        argv = [
+            sys.executable, "-m", "pytest", *nodeids,
+            "-p", "no:cacheprovider", "-v", "-rfEs",
+            f"--junitxml={junit}", "-o", "junit_family=xunit2",
+            "--rootdir", str(self.config.rootpath),
+        ]
+        env = {
+            IN_VM_ENV: "1",
+            "PYTHONDONTWRITEBYTECODE": "1",
+            "PYTHONUNBUFFERED": "1",
+            "COLUMNS": "100",
+            "PATH": f"{Path(sys.executable).parent}:{guest_env()['PATH']}",
+        }
+        if os.environ.get("CI"):
+            env["CI"] = os.environ["CI"]
+        timeout = float(os.environ.get(TIMEOUT_ENV) or DEFAULT_TIMEOUT)
+        self._write_line(
+            f"node tests: booting the VM for {len(nodeids)} node test(s); "
+            f"guest output also in {log_path}"
+        )
+        started = time.monotonic()
+        capman = self.config.pluginmanager.getplugin("capturemanager")
+        with open(log_path, "wb") as log, capman.global_and_fixture_disabled():
+            tee = _Tee(log, sys.stdout.buffer)
+            try:
+                code = run_in_vm(argv, cwd=str(self.config.rootpath), env=env,
+                                 timeout=timeout, work_dir=self._work, output=tee,
+                                 error_output=tee)
+            except VmUnavailable as exc:
+                if os.environ.get("CI"):
+                    self._problem = f"the VM cannot run here, and CI must not skip: {exc}"
+                else:
+                    self._skip_reason = f"no VM to run node tests in: {exc}"
+                return
+            except VmError as exc:
+                self._problem = str(exc)
+                return
+            finally:
+                sys.stdout.flush()
+        self._write_line(
+            f"node tests: the VM finished in {time.monotonic() - started:.1f} s "
+            f"(guest pytest exit code {code})"
+        )
+        try:
+            self._results = _parse_junit(junit)
+        except (OSError, ET.ParseError) as exc:
+            self._problem = (
+                f"the guest's pytest exited with {code} and left no readable {junit.name} "
+                f"({exc}); see {log_path}"
+            )
+        if code not in (0, 1) and not self._problem:
+            self._problem = f"the guest's pytest exited with {code}; see {log_path}"
+        if code != 0:
+            self._keep_work = True
+
+    def _write_line(self, line: str) -> None:
+        reporter = self.config.pluginmanager.getplugin("terminalreporter")
+        if reporter is not None:
+            reporter.ensure_newline()
+            reporter.write_line(line, bold=True)
+        else:
+            print(line, file=sys.stderr)
+
+
+class _Tee:
+    def __init__(self, *sinks: IO[bytes]) -> None:
+        self._sinks = sinks
+
+    def write(self, data: bytes) -> int:
+        for sink in self._sinks:
+            sink.write(data)
+        return len(data)
+
+    def flush(self) -> None:
+        for sink in self._sinks:
+            sink.flush()
+
+
+def _parse_junit(path: Path) -> dict[str, list[_GuestResult]]:
+    results: dict[str, list[_GuestResult]] = {}
+    for case in ET.parse(path).getroot().iter("testcase"):
+        key = f"{case.get('classname', '')}::{case.get('name', '')}"
+        seconds = float(case.get("time") or 0)
+        found: list[_GuestResult] = []
+        for child in case:
+            text = _element_text(child)
+            if child.tag == "failure":
+                found.append(_GuestResult("failed", "call", text, seconds))
+            elif child.tag == "error":
+                message = child.get("message", "")
+                when: Literal["setup", "teardown"] = (
+                    "teardown" if "teardown" in message else "setup"
+                )
+                found.append(_GuestResult("failed", when, text, seconds))
+            elif child.tag == "skipped":
+                reason = child.get("message") or text
+                found.append(_GuestResult("skipped", "setup" if not found else "call",
+                                          reason, seconds))
+        if not any(r.outcome != "passed" and r.when in ("setup", "call") for r in found):
+            found.insert(0, _GuestResult("passed", "call", "", seconds))
+        results.setdefault(key, []).extend(found)
+    return results
+
+
+def _element_text(element: ET.Element) -> str:
+    message = element.get("message", "")
+    body = (element.text or "").strip()
+    return body if body else message
+
+
+def _junit_key(nodeid: str) -> str:
+    """The classname::name pytest's junitxml writes for `nodeid` (see mangle_test_address)."""
+    path, *names = nodeid.split("::")
+    dotted = path.replace("/", ".")
+    dotted = dotted[: -len(".py")] if dotted.endswith(".py") else dotted
+    parts = [dotted, *names]
+    return f"{'.'.join(parts[:-1])}::{parts[-1]}"
+
+
+def _skip_repr(item: pytest.Item, reason: str) -> tuple[str, int, str]:
+    path, lineno, _ = item.location
+    return (path, (lineno or 0) + 1, f"Skipped: {reason}")
+
+
+def _report(
+    item: pytest.Item,
+    when: Literal["setup", "call", "teardown"],
+    outcome: Literal["passed", "failed", "skipped"],
+    longrepr: Any,
+    seconds: float = 0.0,
+) -> TestReport:
+    now = time.time()
+    return TestReport(
+        nodeid=item.nodeid,
+        location=item.location,
+        keywords={name: 1 for name in item.keywords},
+        outcome=outcome,
+        longrepr=longrepr,
+        when=when,
+        duration=seconds,
+        start=now,
+        stop=now,
+    )

@@ -1,0 +1,78 @@
+"""Fixtures for node tests: real block devices on the real kernel (the VM's, here).
+
+Everything lives under pytest's tmp_path, which is the guest's tmpfs: the host root is
+read-only inside the VM, and sparse files cost memory only for what is written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from cryptvol.system import run
+from cryptvol.system.runner import CommandError
+
+MIB = 1024 * 1024
+
+
+@pytest.fixture
+def make_loop_device(tmp_path: Path) -> Iterator[Callable[[int], str]]:
+    """Make loop devices over sparse files: `make_loop_device(size_bytes) -> "/dev/loopN"`.
+
+    Each is detached (and its file removed) when the test ends, whatever it left open.
+    """
+    attached: list[tuple[str, Path]] = []
+
+    def make(size: int) -> str:
+        backing = tmp_path / f"loop-{len(attached)}-{uuid.uuid4().hex[:8]}.img"
+        with open(backing, "wb") as f:
+            f.truncate(size)
+        device = run(["losetup", "--find", "--show", str(backing)], timeout=30).stdout.strip()
+        attached.append((device, backing))
+        return device
+
+    yield make
+    for device, backing in reversed(attached):
+        with contextlib.suppress(CommandError):
+            run(["losetup", "-d", device], timeout=30)
+        with contextlib.suppress(OSError):
+            os.unlink(backing)
+
+
+@pytest.fixture
+def loop_device(make_loop_device: Callable[[int], str]) -> str:
+    """One 512 MiB loop device (xfs needs 300 MiB at least) over a sparse file."""
+    return make_loop_device(512 * MIB)
+
+
+@pytest.fixture
+def mapper_names() -> Iterator[Callable[[str], str]]:
+    """Unique dm-crypt mapping names; any still open when the test ends is closed."""
+    names: list[str] = []
+
+    def name(hint: str) -> str:
+        made = f"cvt-{hint}-{uuid.uuid4().hex[:8]}"
+        names.append(made)
+        return made
+
+    yield name
+    for made in reversed(names):
+        if Path(f"/dev/mapper/{made}").exists():
+            with contextlib.suppress(CommandError):
+                run(["cryptsetup", "close", made], timeout=60)
+
+
+@pytest.fixture
+def mount_point(tmp_path: Path) -> Iterator[Path]:
+    """An empty folder to mount on; unmounted at the end if a test left it mounted."""
+    target = tmp_path / "mnt"
+    target.mkdir()
+    yield target
+    if os.path.ismount(target):
+        with contextlib.suppress(CommandError):
+            run(["umount", str(target)], timeout=60)
