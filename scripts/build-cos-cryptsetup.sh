@@ -42,8 +42,12 @@ for pkg in "${BUILD_DEPS[@]}"; do
 done
 if ((${#missing[@]})); then
     log "installing build dependencies: ${missing[*]}"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -o DPkg::Lock::Timeout=600 \
-        --no-install-recommends "${missing[@]}" >&2
+    install=(apt-get install -y -o DPkg::Lock::Timeout=600 --no-install-recommends
+             "${missing[@]}")
+    # On a fresh machine the package lists may be missing or stale: update once and retry.
+    DEBIAN_FRONTEND=noninteractive "${install[@]}" >&2 \
+        || { apt-get update -qq -o DPkg::Lock::Timeout=600 >&2 \
+             && DEBIAN_FRONTEND=noninteractive "${install[@]}" >&2; }
 fi
 
 work="$(mktemp -d /tmp/cos-cryptsetup.XXXXXX)"

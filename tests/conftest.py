@@ -106,6 +106,7 @@ class _NodeMode:
         self._ran = False
         self._results: dict[str, list[_GuestResult]] = {}
         self._problem: str | None = None
+        self._told_problem = False
         self._skip_reason: str | None = None
         self._work: Path | None = None
         self._keep_work = False
@@ -125,6 +126,9 @@ class _NodeMode:
         if not results:
             self._keep_work = True
             why = self._problem or "the guest's pytest did not report this test"
+            if self._problem is not None and self._told_problem:
+                why = f"{why.splitlines()[0]} (details on the first node test)"
+            self._told_problem = self._problem is not None
             return [_report(item, "setup", "failed", f"not run in the VM: {why}")]
         reports = []
         for r in results:

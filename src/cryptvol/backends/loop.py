@@ -119,5 +119,8 @@ class LoopBackend:
         device = self.attached_device(volume_id)
         if device is None:
             raise NotFound(f"volume {volume_id} is not attached on this node")
-        run(["losetup", "--set-capacity", device], timeout=60)
-        return device_size(device)
+        size = device_size(device)
+        if size < (self.size(volume_id) or 0):
+            run(["losetup", "--set-capacity", device], timeout=60)
+            size = device_size(device)
+        return size

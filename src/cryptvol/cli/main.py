@@ -6,7 +6,10 @@ import click
 
 from cryptvol import __version__
 from cryptvol.cli.demo import demo_command
+from cryptvol.cli.doctor import doctor_command
+from cryptvol.cli.keys import keys_group
 from cryptvol.cli.serve import serve_command
+from cryptvol.cli.vm import vm_group
 from cryptvol.cli.volume import volume_group
 
 
@@ -16,9 +19,9 @@ def cli() -> None:
     """Encrypted persistent volumes for Kubernetes (LUKS2 CSI driver)."""
 
 
-cli.add_command(serve_command)
-cli.add_command(demo_command)
-cli.add_command(volume_group)
+for command in (serve_command, demo_command, doctor_command, volume_group, keys_group,
+                vm_group):
+    cli.add_command(command)
 
 
 def main() -> None:

@@ -112,18 +112,28 @@ class NodeEngine:
             key = self._key(record, secrets, "NodeStageVolume")
             device = self.backend.attach(volume_id)
             name = cryptsetup.mapping_name(volume_id)
-            if cryptsetup.status(name) is None:
+            if not cryptsetup.is_active(name):
                 self._open(record, device, name, key)
             mapped = str(cryptsetup.mapping_path(name))
-            self._fit_mapping(record, device, name, key)
-            if cap.access_type is AccessType.BLOCK:
-                return
-            fs_type = cap.fs_type or record.fs_type
-            filesystem.ensure_filesystem(mapped, fs_type)
-            failpoints.reached("stage:after-mkfs")
-            os.makedirs(staging_path, exist_ok=True)
-            filesystem.mount(mapped, staging_path, fs_type, list(cap.mount_flags), False)
-            filesystem.grow(mapped, staging_path, fs_type)
+            self._fit_mapping(record, name, key)
+            size = device_size(mapped)
+            if cap.access_type is AccessType.MOUNT:
+                fs_type = cap.fs_type or record.fs_type
+                filesystem.ensure_filesystem(mapped, fs_type)
+                failpoints.reached("stage:after-mkfs")
+                os.makedirs(staging_path, exist_ok=True)
+                filesystem.mount(mapped, staging_path, fs_type, list(cap.mount_flags), False)
+                if record.node_capacity_bytes < size:
+                    # Expanded while not staged: the filesystem catches up now.
+                    filesystem.grow(mapped, staging_path, fs_type)
+            if record.node_capacity_bytes != size:
+                self._record_node_capacity(volume_id, size)
+
+    def _record_node_capacity(self, volume_id: str, size: int) -> None:
+        def grown(r: VolumeRecord) -> VolumeRecord:
+            return r.model_copy(update={"node_capacity_bytes": size})
+
+        self.volumes.update(volume_id, grown)
 
     def _open(self, record: VolumeRecord, device: str, name: str, key: Secret) -> None:
         fmt = FormatOptions(**record.luks.format)  # type: ignore[arg-type]
@@ -140,13 +150,16 @@ class NodeEngine:
                 cryptsetup.open_device(device, name, key, opts)
             failpoints.reached("stage:after-open")
 
-    def _fit_mapping(self, record: VolumeRecord, device: str, name: str, key: Secret) -> None:
+    def _fit_mapping(self, record: VolumeRecord, name: str, key: Secret) -> None:
         """Grow the mapping to its backing device after an expansion (online or offline)."""
-        self.backend.refresh(record.id)
+        backing = self.backend.refresh(record.id)
+        mapped = str(cryptsetup.mapping_path(name))
+        if device_size(mapped) + LUKS2_HEADER_BYTES >= backing:
+            return
         status = cryptsetup.status(name)
         if status is None:
             raise FailedPrecondition(f"mapping {name} vanished while staging {record.id}")
-        if status.size_bytes + LUKS2_HEADER_BYTES < device_size(device):
+        if status.size_bytes + LUKS2_HEADER_BYTES < backing:
             needs_key = status.key_location == "keyring"
             with _explain_wrong_key(record):
                 cryptsetup.resize(name, key if needs_key else None)
@@ -168,7 +181,7 @@ class NodeEngine:
             mapped = str(cryptsetup.mapping_path(cryptsetup.mapping_name(volume_id)))
             read_only = read_only or cap.read_only_mode
             if cap.access_type is AccessType.BLOCK:
-                if cryptsetup.status(cryptsetup.mapping_name(volume_id)) is None:
+                if not cryptsetup.is_active(cryptsetup.mapping_name(volume_id)):
                     raise FailedPrecondition(f"volume {volume_id} is not staged on this node")
                 if not os.path.exists(target_path):
                     Path(target_path).touch(mode=0o600)
@@ -229,11 +242,7 @@ class NodeEngine:
             if mounted is not None and mounted.fs_type in filesystem.SUPPORTED:
                 filesystem.grow(mapped, volume_path, mounted.fs_type)
             size = device_size(mapped)
-
-            def grown(r: VolumeRecord) -> VolumeRecord:
-                return r.model_copy(update={"node_capacity_bytes": size})
-
-            self.volumes.update(volume_id, grown)
+            self._record_node_capacity(volume_id, size)
             return size
 
     # --- NodeGetVolumeStats -----------------------------------------------------------------
@@ -243,7 +252,7 @@ class NodeEngine:
             raise NotFound(f"volume path {volume_path} does not exist")
         name = cryptsetup.mapping_name(volume_id)
         mapped = str(cryptsetup.mapping_path(name))
-        open_ = cryptsetup.status(name) is not None
+        open_ = cryptsetup.is_active(name)
         mounted = mount_at(volume_path)
         if stat.S_ISBLK(os.stat(volume_path).st_mode):
             size = device_size(mapped) if open_ else 0

@@ -9,12 +9,13 @@ others. Each transition first waits until every live replica reports the key set
 present stage (bounded), and then changes the record by compare-and-swap: two operators, or
 an operator and a crashed-and-restarted one, can never both apply it.
 
-Reencrypt walks the DEKs in key order in batches. Each batch re-wraps its DEKs and moves the
-persisted cursor in one transaction, with a compare on every DEK's revision, on the key-set
-record and on the cursor; so a crash loses at most the batch in flight, a volume deleted
-meanwhile is not brought back, and one created meanwhile (already under the current KEK, as
-every replica agreed before reencrypt began) is not touched. Before retiring the old KEKs a
-last pass checks that no DEK still names one.
+Reencrypt walks the DEKs in key order in batches. Each batch is one transaction with a
+compare on every DEK's revision and on the key-set record, so a volume deleted meanwhile is
+not brought back, and one created meanwhile (already under the current KEK: every replica
+agreed on the rotation before reencrypt began, and creating a DEK compares the key-set
+record too) is not touched. A persisted cursor records how far committed batches reach, so
+a crashed reencrypt resumes there. Before retiring the old KEKs a last pass checks that no
+DEK still names one.
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
 from cryptvol.errors import Aborted, FailedPrecondition, InvalidArgument
@@ -42,6 +45,7 @@ from cryptvol.keys.store.base import Compare, Entry, Put, Store
 log = logging.getLogger(__name__)
 
 REENCRYPT_KEY = "/cryptvol/keys/reencrypt"
+CURSOR_EVERY = 0.5  # seconds between saves of the reencrypt cursor
 DEFAULT_WAIT = 30.0
 
 ALLOWED_NEXT: dict[str, tuple[str, ...]] = {
@@ -277,58 +281,89 @@ class Rotation:
         return self._finish(loaded)
 
     def _walk(self, loaded: LoadedKeySet, batch: int, progress: Progress | None) -> ReencryptState:
-        target = loaded.record.current.id
-        while True:
-            state, cursor_rev = self.cursor()
-            if state is None or state.target != target:
-                now = time.time()
-                state = ReencryptState("", 0, self.store.count(DEK_PREFIX), 0, target, now, now)
-                cursor_rev = 0
-            entries = self.store.range(DEK_PREFIX, start_after=state.cursor, limit=batch)
-            if not entries:
-                return state
-            todo = [(e, self._rewrapped(e, loaded)) for e in entries]
-            changed = [(e, blob) for e, blob in todo if blob is not None]
-            new_state = replace(
-                state,
-                cursor=entries[-1].key,
-                done=state.done + len(entries),
-                total=max(state.total, state.done + len(entries)),
-                rewrapped=state.rewrapped + len(changed),
-                updated=time.time(),
-            )
-            ok = self.store.txn(
-                [Compare(KEYSET_KEY, loaded.revision), Compare(REENCRYPT_KEY, cursor_rev)]
-                + [Compare(e.key, e.revision) for e, _ in changed],
-                [Put(e.key, blob) for e, blob in changed]
-                + [Put(REENCRYPT_KEY, new_state.to_bytes())],
-            )
-            if not ok:
-                self._recover_batch(loaded, cursor_rev, changed, new_state)
-            if progress is not None:
-                progress(new_state.done, new_state.total)
-            metrics.REENCRYPT_DONE.set(new_state.done)
-            metrics.REENCRYPT_TOTAL.set(new_state.total)
+        """Re-wrap every DEK after the persisted cursor, batch by batch, in key order.
 
-    def _recover_batch(
-        self,
-        loaded: LoadedKeySet,
-        cursor_rev: int,
-        changed: list[tuple[Entry, bytes]],
-        new_state: ReencryptState,
-    ) -> None:
-        """A batch failed its compares: find out why, and finish it one DEK at a time."""
+        Reading, unwrapping and wrapping happen here; each batch's transaction goes to a
+        small pool of writers, so the store's commit latency (an fsync, a raft round) overlaps
+        the next batch's work. The cursor moves only past batches that have committed, in
+        order, and is saved at most every CURSOR_EVERY seconds: after a crash the batches
+        since then are read again and found already current, which costs a read, not a key.
+        """
+        target = loaded.record.current.id
+        state, cursor_rev = self.cursor()
+        if state is None or state.target != target:
+            now = time.time()
+            state = ReencryptState("", 0, self.store.count(DEK_PREFIX), 0, target, now, now)
+            cursor_rev = self._save_cursor(loaded, state, 0)
+        writers = max(1, int(getattr(self.store, "concurrent_writers", 2)))
+        pending: deque[tuple[Future[None], ReencryptState]] = deque()
+        last_save = time.monotonic()
+        ahead = state
+        with ThreadPoolExecutor(writers, thread_name_prefix="reencrypt") as pool:
+            while True:
+                entries = self.store.range(DEK_PREFIX, start_after=ahead.cursor, limit=batch)
+                if entries:
+                    changed = [(e, b) for e in entries if (b := self._rewrapped(e, loaded))]
+                    ahead = replace(
+                        ahead,
+                        cursor=entries[-1].key,
+                        done=ahead.done + len(entries),
+                        total=max(ahead.total, ahead.done + len(entries)),
+                        rewrapped=ahead.rewrapped + len(changed),
+                    )
+                    pending.append((pool.submit(self._commit_batch, loaded, changed), ahead))
+                while pending and (not entries or len(pending) >= writers or pending[0][0].done()):
+                    future, committed = pending.popleft()
+                    future.result()
+                    state = replace(committed, updated=time.time())
+                    if not pending or time.monotonic() - last_save >= CURSOR_EVERY:
+                        cursor_rev = self._save_cursor(loaded, state, cursor_rev)
+                        last_save = time.monotonic()
+                    if progress is not None:
+                        progress(state.done, state.total)
+                    metrics.REENCRYPT_DONE.set(state.done)
+                    metrics.REENCRYPT_TOTAL.set(state.total)
+                if not entries:
+                    return state
+
+    def _commit_batch(self, loaded: LoadedKeySet, changed: list[tuple[Entry, bytes]]) -> None:
+        """Replace each DEK of a batch by compare-and-swap; if any changed meanwhile (deleted,
+        or re-wrapped by another reencrypt), redo the batch one DEK at a time."""
+        if not changed:
+            return
+        if self.store.txn(
+            [Compare(KEYSET_KEY, loaded.revision)]
+            + [Compare(e.key, e.revision) for e, _ in changed],
+            [Put(e.key, blob) for e, blob in changed],
+        ):
+            return
+        self._check_key_set(loaded)
+        for e, _ in changed:
+            self._rewrap_one(e.key, loaded)
+
+    def _save_cursor(self, loaded: LoadedKeySet, state: ReencryptState, revision: int) -> int:
+        """Persist the cursor by compare-and-swap; return its new revision."""
+        for _ in range(10):
+            if self.store.txn(
+                [Compare(KEYSET_KEY, loaded.revision), Compare(REENCRYPT_KEY, revision)],
+                [Put(REENCRYPT_KEY, state.to_bytes())],
+            ):
+                entry = self.store.get(REENCRYPT_KEY)
+                return entry.revision if entry else 0
+            self._check_key_set(loaded)
+            theirs, revision = self.cursor()
+            if (
+                theirs is not None
+                and theirs.target == state.target
+                and theirs.cursor >= state.cursor
+            ):
+                return revision  # another reencrypt got further; keep its cursor
+        raise Aborted("the reencrypt cursor kept changing; run cryptvol keys reencrypt again")
+
+    def _check_key_set(self, loaded: LoadedKeySet) -> None:
         entry = self.store.get(KEYSET_KEY)
         if entry is None or entry.revision != loaded.revision:
             raise Aborted("the key set changed during reencrypt; run cryptvol keys reencrypt again")
-        _, now_rev = self.cursor()
-        if now_rev != cursor_rev:
-            return  # another reencrypt moved the cursor; carry on from where it is now
-        for e, _ in changed:
-            self._rewrap_one(e.key, loaded)
-        self.store.txn(
-            [Compare(REENCRYPT_KEY, cursor_rev)], [Put(REENCRYPT_KEY, new_state.to_bytes())]
-        )
 
     def _rewrap_one(self, key: str, loaded: LoadedKeySet) -> bool:
         """Re-wrap one DEK by compare-and-swap until it is current or gone."""
@@ -343,9 +378,7 @@ class Rotation:
                 [Compare(KEYSET_KEY, loaded.revision), Compare(key, e.revision)], [Put(key, blob)]
             ):
                 return True
-            entry = self.store.get(KEYSET_KEY)
-            if entry is None or entry.revision != loaded.revision:
-                raise Aborted("the key set changed during reencrypt; run it again")
+            self._check_key_set(loaded)
         raise Aborted(f"the data key {key} kept changing during reencrypt; run it again")
 
     def _rewrapped(self, e: Entry, loaded: LoadedKeySet) -> bytes | None:
@@ -407,6 +440,6 @@ FORCE_SKIPS = "the stage order and the wait for every replica to agree"
 
 
 def _batch_size(store: Store) -> int:
-    # Two compares of every batch are the key-set record and the cursor.
-    limit = int(getattr(store, "max_txn_ops", 1002))
-    return max(1, min(1000, limit - 2))
+    # One compare of every batch is on the key-set record.
+    limit = int(getattr(store, "max_txn_ops", 1001))
+    return max(1, min(1000, limit - 1))

@@ -155,7 +155,7 @@ def test_key(device: str, key: Secret) -> bool:
 
 def close_device(name: str) -> None:
     """Close a mapping; closing one that is not there succeeds."""
-    if status(name) is None:
+    if not is_active(name):
         return
     run([CRYPTSETUP, "close", name], timeout=120)
 
@@ -163,8 +163,7 @@ def close_device(name: str) -> None:
 def resize(name: str, key: Secret | None) -> None:
     """Grow the mapping to fill its backing device. LUKS2 asks for a key when the volume key
     lives in the kernel keyring; with the key in the dm table, `key` may be None."""
-    current = status(name)
-    if current is None:
+    if not is_active(name):
         raise NotFound(f"mapping {name} is not open")
     try:
         if key is None:
@@ -198,7 +197,9 @@ def status(name: str) -> MappingStatus | None:
     )
 
 
-def mapping_exists(name: str) -> bool:
+def is_active(name: str) -> bool:
+    """Whether the mapping is open. libdevmapper makes the /dev/mapper node itself when
+    no udev runs, so the node is there exactly while the mapping is."""
     return os.path.exists(mapping_path(name))
 
 

@@ -140,7 +140,7 @@ def _cryptsetup_fields() -> dict[str, object]:
     try:
         out = run([CRYPTSETUP, "--version"], timeout=10).stdout.strip()
     except CommandError as exc:
-        return {"cryptsetup_detail": str(exc)}
+        return {"cryptsetup_detail": str(exc), "luks2_detail": f"cryptsetup did not run: {exc}"}
     # "cryptsetup 2.6.1 flags: UDEV BLKID KEYRING KERNEL_CAPI"
     match = re.match(r"cryptsetup\s+(\S+)(?:\s+flags:\s*(.*))?", out)
     version = match.group(1) if match else out

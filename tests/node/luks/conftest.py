@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from cryptvol.luks import cryptsetup
+from cryptvol.luks.probe import HostProbe, probe_host
 from cryptvol.system import run
 
 COS_PREFIX = Path(os.environ.get("CRYPTVOL_COS_CRYPTSETUP_PREFIX",
@@ -41,13 +42,34 @@ def _mappings_on(device: str) -> list[str]:
             if (s := cryptsetup.status(n)) is not None and s.device == device]
 
 
-@pytest.fixture
-def cos_host(monkeypatch: pytest.MonkeyPatch) -> Path:
-    """The COS-like cryptsetup (no argon2) first on PATH. The VM mounts the host's root
-    read-only, so the host builds it first: scripts/build-cos-cryptsetup.sh."""
-    sbin = COS_PREFIX / "sbin"
+@pytest.fixture(scope="session")
+def node_host() -> HostProbe:
+    """This node's probe, taken once as the driver does at start (slow under emulation)."""
+    return probe_host()
+
+
+@pytest.fixture(scope="session")
+def cos_sbin() -> Path:
+    """The COS-like cryptsetup (no argon2). The VM mounts the host's root read-only, so
+    the host builds it first: scripts/build-cos-cryptsetup.sh."""
     if not (COS_PREFIX / ".cryptvol-built").exists():
-        pytest.skip(f"no COS-like cryptsetup at {COS_PREFIX}: run "
-                    "scripts/build-cos-cryptsetup.sh on the host before the node suite")
-    monkeypatch.setenv("CRYPTVOL_PATH_PREFIX", str(sbin))
-    return sbin
+        why = (f"no COS-like cryptsetup at {COS_PREFIX}: run "
+               "scripts/build-cos-cryptsetup.sh on the host before the node suite")
+        if os.environ.get("CI"):
+            pytest.fail(why)  # CI runs scripts/test.sh, which builds it: never skip there
+        pytest.skip(why)
+    return COS_PREFIX / "sbin"
+
+
+@pytest.fixture(scope="session")
+def cos_probe(cos_sbin: Path) -> HostProbe:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CRYPTVOL_PATH_PREFIX", str(cos_sbin))
+        return probe_host()
+
+
+@pytest.fixture
+def cos_host(cos_sbin: Path, cos_probe: HostProbe, monkeypatch: pytest.MonkeyPatch) -> HostProbe:
+    """The COS-like cryptsetup first on PATH for every command; returns its probe."""
+    monkeypatch.setenv("CRYPTVOL_PATH_PREFIX", str(cos_sbin))
+    return cos_probe

@@ -3,14 +3,12 @@ formats with pbkdf2, opens, and the header records why."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from cryptvol.errors import FailedPrecondition
 from cryptvol.luks import cryptsetup
 from cryptvol.luks.policy import parse_luks_parameters, plan
-from cryptvol.luks.probe import probe_host
+from cryptvol.luks.probe import HostProbe
 from cryptvol.luks.token import read_policy_token, write_policy_token
 from cryptvol.system.secret import Secret
 
@@ -19,8 +17,8 @@ PASSPHRASE = Secret(b"correct horse battery staple")
 NAME = "cryptvol-luks-cos-test"
 
 
-def test_argon2id_with_fallback_stages_on_cos(cos_host: Path, loop_device: str) -> None:
-    host = probe_host()
+def test_argon2id_with_fallback_stages_on_cos(cos_host: HostProbe, loop_device: str) -> None:
+    host = cos_host
     assert not host.argon2 and host.dm_crypt
     params = parse_luks_parameters({"pbkdf": "argon2id", "iterTime": "50",
                                     "allowDiscards": "true"})
@@ -35,8 +33,10 @@ def test_argon2id_with_fallback_stages_on_cos(cos_host: Path, loop_device: str) 
     assert "fell back to pbkdf2" in recorded.describe()
 
 
-def test_argon2id_without_fallback_is_refused_on_cos(cos_host: Path, loop_device: str) -> None:
+def test_argon2id_without_fallback_is_refused_on_cos(
+    cos_host: HostProbe, loop_device: str
+) -> None:
     params = parse_luks_parameters({"pbkdf": "argon2id", "pbkdfFallback": "false"})
     with pytest.raises(FailedPrecondition):
-        plan(params, "passphrase", probe_host())
+        plan(params, "passphrase", cos_host)
     assert not cryptsetup.is_luks(loop_device)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from cryptvol.errors import FailedPrecondition, NotFound
-from cryptvol.keys import envelope
+from cryptvol.keys import envelope, rotation
 from cryptvol.keys.kek_local import LocalKekProvider
 from cryptvol.keys.keyset import DEK_PREFIX, KeySetRecord
 from cryptvol.keys.manager import KeyManager, open_local
@@ -102,7 +102,10 @@ def test_a_disagreeing_live_replica_blocks_a_transition_and_is_named(setup: Setu
     rot.prepare(wait=0, force=True)
 
 
-def test_reencrypt_resumes_from_its_persisted_cursor(setup: Setup) -> None:
+def test_reencrypt_resumes_from_its_persisted_cursor(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(rotation, "CURSOR_EVERY", 0.0)  # save the cursor after every batch
     store, km, rot = setup
     for i in range(100):
         km.create_dek(f"v{i:03d}")

@@ -76,6 +76,9 @@ class EtcdStore:
         self.endpoints = parse_endpoints(endpoints)
         self.timeout = timeout
         self.max_txn_ops = max_txn_ops
+        # etcd commits concurrent proposals in one raft round and fsync; bulk writers
+        # (reencrypt) keep this many transactions in flight.
+        self.concurrent_writers = 4
         self._local = threading.local()
         self._preferred = 0  # index of the last member that answered; tried first next time
 

@@ -55,6 +55,11 @@ SCHEMA_VERSION = len(MIGRATIONS)
 class SqliteStore:
     """`Store` on one SQLite file; safe to share between threads and between processes."""
 
+    # Bulk writers (reencrypt) overlap one commit with the next batch's work, no more: SQLite
+    # has one writer at a time.
+    concurrent_writers = 2
+    max_txn_ops = 1000
+
     def __init__(self, path: Path, *, clock: Callable[[], float] = time.time) -> None:
         self.path = Path(path)
         self._clock = clock

@@ -1,0 +1,136 @@
+"""Benchmark: KEK re-wrap throughput for 100,000 DEKs, and `keys status` latency.
+
+Prints numbers, asserts nothing. On SQLite (a temp state dir) and on a real one-member etcd
+(Debian's etcd-server, started here on loopback ports with a temp data dir):
+  1. seed N wrapped DEKs (default 100,000) under the first KEK;
+  2. `prepare`, `rotate`, then time `reencrypt` (every DEK re-wrapped by compare-and-swap,
+     batch by batch with the persisted cursor, plus the sweep before retiring the old KEK);
+  3. time `keys status` in-process (median of 20) and as a whole CLI process (median of 5).
+Targets (issue 7): re-wrap ≤ 5 s on SQLite, ≤ 30 s on etcd; status < 200 ms.
+
+    .venv/bin/python bench/bench_rewrap.py [--deks 100000] [--only sqlite|etcd]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests" / "integration" / "keys"))
+
+from etcd_cluster import EtcdCluster  # noqa: E402
+
+from cryptvol.keys import envelope  # noqa: E402
+from cryptvol.keys.kek import KekProvider  # noqa: E402
+from cryptvol.keys.kek_local import LocalKekProvider  # noqa: E402
+from cryptvol.keys.kek_rootkey import RootKeyProvider, make_root_key  # noqa: E402
+from cryptvol.keys.keyset import dek_key  # noqa: E402
+from cryptvol.keys.manager import load_key_set  # noqa: E402
+from cryptvol.keys.rotation import Rotation  # noqa: E402
+from cryptvol.keys.store.base import Put, Store  # noqa: E402
+from cryptvol.keys.store.etcd import EtcdStore  # noqa: E402
+from cryptvol.keys.store.sqlite import SqliteStore  # noqa: E402
+from cryptvol.system.secret import Secret  # noqa: E402
+
+
+def seed(store: Store, provider: KekProvider, n: int, batch: int) -> float:
+    started = time.perf_counter()
+    current = load_key_set(store, provider).current
+    for start in range(0, n, batch):
+        ops = [
+            Put(
+                dek_key(f"pvc-{i:07d}"),
+                envelope.wrap(current, Secret(os.urandom(32)), f"pvc-{i:07d}"),
+            )
+            for i in range(start, min(n, start + batch))
+        ]
+        store.txn([], ops)
+    return time.perf_counter() - started
+
+
+def bench(
+    name: str, store: Store, provider: KekProvider, n: int, cli_args: list[str], batch: int
+) -> None:
+    print(f"== {name}: {n} DEKs")
+    print(f"seeding:            {seed(store, provider, n, batch):7.2f} s")
+    rotation = Rotation(store, provider)
+    rotation.prepare(wait=0)
+    rotation.rotate(wait=0)
+    started = time.perf_counter()
+    state = rotation.reencrypt(wait=0)
+    spent = time.perf_counter() - started
+    print(
+        f"re-wrap (reencrypt): {spent:7.2f} s  ({state.rewrapped / spent:,.0f} DEKs/s,"
+        f" {state.rewrapped} re-wrapped)"
+    )
+    times = []
+    for _ in range(20):
+        t = time.perf_counter()
+        rotation.status()
+        times.append(time.perf_counter() - t)
+    print(f"status in-process:  {statistics.median(times) * 1000:7.1f} ms median of 20")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CRYPTVOL_")}
+    cli = []
+    for _ in range(5):
+        t = time.perf_counter()
+        subprocess.run(
+            [sys.executable, "-m", "cryptvol.cli.keys", "status", *cli_args],
+            check=True, capture_output=True, env=env,
+        )  # fmt: skip
+        cli.append(time.perf_counter() - t)
+    print(
+        f"status CLI process: {statistics.median(cli) * 1000:7.1f} ms median of 5"
+        " (python start-up and imports included)"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--deks", type=int, default=100_000)
+    parser.add_argument("--only", choices=["sqlite", "etcd"])
+    args = parser.parse_args()
+    print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        if args.only in (None, "sqlite"):
+            state = root / "state"
+            state.mkdir()
+            store = SqliteStore(state / "cryptvol.db")
+            bench(
+                "SQLite",
+                store,
+                LocalKekProvider(state),
+                args.deks,
+                ["--state-dir", str(state)],
+                1000,
+            )
+            store.close()
+        if args.only in (None, "etcd"):
+            cluster = EtcdCluster(root / "etcd", size=1).start()
+            try:
+                root_key = root / "root.key"
+                make_root_key(root_key)
+                store = EtcdStore(cluster.endpoints)
+                cli_args = ["--etcd-endpoints", cluster.endpoints, "--root-key", str(root_key)]
+                bench(
+                    "etcd (1 member, loopback)",
+                    store,
+                    RootKeyProvider(root_key),
+                    args.deks,
+                    cli_args,
+                    128,
+                )
+                store.close()
+            finally:
+                cluster.stop()
+
+
+if __name__ == "__main__":
+    main()

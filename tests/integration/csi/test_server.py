@@ -1,0 +1,72 @@
+"""`cryptvol serve` as a process: socket, configuration sources, signals."""
+
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+
+import pytest
+
+from support.driver import RunningDriver
+
+
+def test_the_socket_is_owner_only(driver):
+    path = driver.work / "csi.sock"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_sigterm_drains_and_exits_zero_and_removes_the_socket(driver):
+    assert driver.stop() == 0
+    assert not (driver.work / "csi.sock").exists()
+
+
+def test_a_stale_socket_from_a_crash_is_replaced(tmp_path):
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(str(tmp_path / "csi.sock"))
+    stale.close()  # the file stays, nobody listens: what a SIGKILL leaves behind
+    running = RunningDriver(tmp_path)
+    running.start()
+    running.stop()
+
+
+def test_a_live_socket_is_not_taken_over(driver):
+    other = subprocess.run(
+        [sys.executable, "-m", "cryptvol", "serve", "--endpoint", driver.endpoint,
+         "--state-dir", str(driver.work / "state2"), "--pool-dir", str(driver.work / "pool2")],
+        capture_output=True, text=True, timeout=60)
+    assert other.returncode != 0
+    assert "another driver is serving" in other.stderr
+    driver.client.wait_ready(5)
+
+
+def test_settings_come_from_environment_and_config_file(tmp_path):
+    config = tmp_path / "cryptvol.toml"
+    config.write_text(f'[serve]\nnode_id = "from-file"\nstate_dir = "{tmp_path}/state"\n'
+                      f'pool_dir = "{tmp_path}/pool"\n')
+    env = dict(os.environ, CRYPTVOL_CONFIG=str(config),
+               CRYPTVOL_ENDPOINT=f"unix://{tmp_path}/env.sock")
+    proc = subprocess.Popen([sys.executable, "-m", "cryptvol", "serve"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        from cryptvol.csi.client import CsiClient
+        from cryptvol.csi.gen import csi_pb2 as pb
+
+        with CsiClient(f"unix://{tmp_path}/env.sock") as client:
+            client.wait_ready(30)
+            assert client.node.NodeGetInfo(pb.NodeGetInfoRequest()).node_id == "from-file"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+
+
+@pytest.mark.parametrize("line", ['kek = "c2VjcmV0"', 'passphrase = "hunter2"'])
+def test_a_config_file_cannot_carry_a_secret(tmp_path, line):
+    config = tmp_path / "cryptvol.toml"
+    config.write_text(f"[serve]\n{line}\n")
+    result = subprocess.run([sys.executable, "-m", "cryptvol", "serve", "--config", str(config)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert "unknown setting" in result.stderr
+    assert "hunter2" not in result.stderr and "c2VjcmV0" not in result.stderr
