@@ -146,10 +146,19 @@ class _NodeMode:
         junit = self._work / "junit.xml"
         log_path = self._work / "guest-pytest.log"
         argv = [
-            sys.executable, "-m", "pytest", *nodeids,
-            "-p", "no:cacheprovider", "-v", "-rfEs",
-            f"--junitxml={junit}", "-o", "junit_family=xunit2",
-            "--rootdir", str(self.config.rootpath),
+            sys.executable,
+            "-m",
+            "pytest",
+            *nodeids,
+            "-p",
+            "no:cacheprovider",
+            "-v",
+            "-rfEs",
+            f"--junitxml={junit}",
+            "-o",
+            "junit_family=xunit2",
+            "--rootdir",
+            str(self.config.rootpath),
         ]
         env = {
             IN_VM_ENV: "1",
@@ -170,9 +179,15 @@ class _NodeMode:
         with open(log_path, "wb") as log, capman.global_and_fixture_disabled():
             tee = _Tee(log, sys.stdout.buffer)
             try:
-                code = run_in_vm(argv, cwd=str(self.config.rootpath), env=env,
-                                 timeout=timeout, work_dir=self._work, output=tee,
-                                 error_output=tee)
+                code = run_in_vm(
+                    argv,
+                    cwd=str(self.config.rootpath),
+                    env=env,
+                    timeout=timeout,
+                    work_dir=self._work,
+                    output=tee,
+                    error_output=tee,
+                )
             except VmUnavailable as exc:
                 if os.environ.get("CI"):
                     self._problem = f"the VM cannot run here, and CI must not skip: {exc}"
@@ -241,8 +256,9 @@ def _parse_junit(path: Path) -> dict[str, list[_GuestResult]]:
                 found.append(_GuestResult("failed", when, text, seconds))
             elif child.tag == "skipped":
                 reason = child.get("message") or text
-                found.append(_GuestResult("skipped", "setup" if not found else "call",
-                                          reason, seconds))
+                found.append(
+                    _GuestResult("skipped", "setup" if not found else "call", reason, seconds)
+                )
         if not any(r.outcome != "passed" and r.when in ("setup", "call") for r in found):
             found.insert(0, _GuestResult("passed", "call", "", seconds))
         results.setdefault(key, []).extend(found)

@@ -36,8 +36,11 @@ def qemu_processes_using(path: Path) -> list[int]:
             cmdline = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if cmdline and b"qemu-system" in cmdline[0] and any(str(path).encode() in a
-                                                              for a in cmdline):
+        if (
+            cmdline
+            and b"qemu-system" in cmdline[0]
+            and any(str(path).encode() in a for a in cmdline)
+        ):
             found.append(int(entry.name))
     return found
 
@@ -53,8 +56,13 @@ def test_a_command_runs_as_root_on_a_kernel_with_device_mapper(tmp_path: Path) -
         "echo to-stderr >&2"
     )
     code = run_in_vm(
-        ["sh", "-c", script], cwd="/usr", env={"GREETING": "hello", "WORK": str(work)},
-        work_dir=work, output=out, error_output=err, timeout=BOOT_BUDGET * 2,
+        ["sh", "-c", script],
+        cwd="/usr",
+        env={"GREETING": "hello", "WORK": str(work)},
+        work_dir=work,
+        output=out,
+        error_output=err,
+        timeout=BOOT_BUDGET * 2,
     )
     assert code == 0, err.getvalue().decode()
     stdout = out.getvalue().decode()
@@ -67,9 +75,20 @@ def test_a_command_runs_as_root_on_a_kernel_with_device_mapper(tmp_path: Path) -
 def test_a_failing_command_shows_its_exit_code_and_stderr() -> None:
     cli = [sys.executable, "-c", "from cryptvol.cli.vm import vm_group; vm_group()"]
     result = subprocess.run(
-        [*cli, "run", "--timeout", str(BOOT_BUDGET * 2), "--",
-         "sh", "-c", "echo 'cannot open /dev/nowhere' >&2; exit 42"],
-        capture_output=True, text=True, timeout=BOOT_BUDGET * 3, check=False,
+        [
+            *cli,
+            "run",
+            "--timeout",
+            str(BOOT_BUDGET * 2),
+            "--",
+            "sh",
+            "-c",
+            "echo 'cannot open /dev/nowhere' >&2; exit 42",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=BOOT_BUDGET * 3,
+        check=False,
     )
     assert result.returncode == 42
     assert "cannot open /dev/nowhere" in result.stderr
@@ -82,8 +101,14 @@ def test_a_hanging_command_times_out_with_the_serial_tail_and_leaves_no_qemu(
     work = tmp_path / "hang"
     work.mkdir()
     with pytest.raises(VmError) as failed:
-        run_in_vm(["sleep", "3600"], cwd="/", work_dir=work, timeout=BOOT_BUDGET,
-                  output=io.BytesIO(), error_output=io.BytesIO())
+        run_in_vm(
+            ["sleep", "3600"],
+            cwd="/",
+            work_dir=work,
+            timeout=BOOT_BUDGET,
+            output=io.BytesIO(),
+            error_output=io.BytesIO(),
+        )
     message = str(failed.value)
     assert f"timed out after {BOOT_BUDGET:g} s" in message
     assert "serial console" in message
@@ -96,9 +121,14 @@ def test_a_kernel_panic_is_reported_with_the_serial_tail(tmp_path: Path) -> None
     work.mkdir()
     with pytest.raises(VmError) as failed:
         # sysrq-c crashes the kernel on purpose.
-        run_in_vm(["sh", "-c", "echo c > /proc/sysrq-trigger; sleep 3600"], cwd="/",
-                  work_dir=work, timeout=BOOT_BUDGET * 2,
-                  output=io.BytesIO(), error_output=io.BytesIO())
+        run_in_vm(
+            ["sh", "-c", "echo c > /proc/sysrq-trigger; sleep 3600"],
+            cwd="/",
+            work_dir=work,
+            timeout=BOOT_BUDGET * 2,
+            output=io.BytesIO(),
+            error_output=io.BytesIO(),
+        )
     assert "without reporting the command's exit code" in str(failed.value)
     assert "Kernel panic" in failed.value.serial_tail
     assert qemu_processes_using(work) == []

@@ -29,15 +29,27 @@ FAST_PBKDF = ("--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000")
 
 def luks_format(device: str) -> None:
     run(
-        ["cryptsetup", "luksFormat", "--type", "luks2", "--batch-mode", *FAST_PBKDF,
-         "--key-file=-", device],
-        secret=TEST_KEY, timeout=SLOW,
+        [
+            "cryptsetup",
+            "luksFormat",
+            "--type",
+            "luks2",
+            "--batch-mode",
+            *FAST_PBKDF,
+            "--key-file=-",
+            device,
+        ],
+        secret=TEST_KEY,
+        timeout=SLOW,
     )
 
 
 def luks_open(device: str, name: str) -> str:
-    run(["cryptsetup", "open", "--type", "luks2", "--key-file=-", device, name],
-        secret=TEST_KEY, timeout=SLOW)
+    run(
+        ["cryptsetup", "open", "--type", "luks2", "--key-file=-", device, name],
+        secret=TEST_KEY,
+        timeout=SLOW,
+    )
     return f"/dev/mapper/{name}"
 
 
@@ -107,8 +119,11 @@ def test_a_wrong_key_does_not_open_a_luks2_volume(
     luks_format(loop_device)
     name = mapper_names("wrong")
     with pytest.raises(CommandError) as failed:
-        run(["cryptsetup", "open", "--type", "luks2", "--key-file=-", loop_device, name],
-            secret=b"not the key", timeout=SLOW)
+        run(
+            ["cryptsetup", "open", "--type", "luks2", "--key-file=-", loop_device, name],
+            secret=b"not the key",
+            timeout=SLOW,
+        )
     assert failed.value.returncode == 2  # cryptsetup: no key available with this passphrase
     assert not Path(f"/dev/mapper/{name}").exists()
 
@@ -124,8 +139,7 @@ def test_an_lvm_thin_snapshot_of_a_luks2_volume_opens_and_reads_back(
     try:
         run(["pvcreate", "-q", pv], timeout=SLOW)
         run(["vgcreate", "-q", vg, pv], timeout=SLOW)
-        run(["lvcreate", "-q", "--type", "thin-pool", "-L", "512M", "-n", "pool", vg],
-            timeout=SLOW)
+        run(["lvcreate", "-q", "--type", "thin-pool", "-L", "512M", "-n", "pool", vg], timeout=SLOW)
         run(["lvcreate", "-q", "-V", "256M", "-T", f"{vg}/pool", "-n", "vol"], timeout=SLOW)
         origin = f"/dev/{vg}/vol"
         assert Path(origin).exists(), "LVM made no device node without udev"

@@ -31,15 +31,21 @@ class Volume:
         return capability(self.kind)
 
     def stage_request(self) -> pb.NodeStageVolumeRequest:
-        return pb.NodeStageVolumeRequest(volume_id=self.volume_id,
-                                         staging_target_path=str(self.staging),
-                                         volume_capability=self.cap, secrets=self.secrets)
+        return pb.NodeStageVolumeRequest(
+            volume_id=self.volume_id,
+            staging_target_path=str(self.staging),
+            volume_capability=self.cap,
+            secrets=self.secrets,
+        )
 
     def publish_request(self, readonly: bool = False) -> pb.NodePublishVolumeRequest:
-        return pb.NodePublishVolumeRequest(volume_id=self.volume_id,
-                                           staging_target_path=str(self.staging),
-                                           target_path=str(self.target),
-                                           volume_capability=self.cap, readonly=readonly)
+        return pb.NodePublishVolumeRequest(
+            volume_id=self.volume_id,
+            staging_target_path=str(self.staging),
+            target_path=str(self.target),
+            volume_capability=self.cap,
+            readonly=readonly,
+        )
 
     def stage(self) -> None:
         self.staging.mkdir(exist_ok=True)
@@ -49,21 +55,35 @@ class Volume:
         self.csi.node.NodePublishVolume(self.publish_request(readonly))
 
     def unpublish(self) -> None:
-        self.csi.node.NodeUnpublishVolume(pb.NodeUnpublishVolumeRequest(
-            volume_id=self.volume_id, target_path=str(self.target)))
+        self.csi.node.NodeUnpublishVolume(
+            pb.NodeUnpublishVolumeRequest(volume_id=self.volume_id, target_path=str(self.target))
+        )
 
     def unstage(self) -> None:
-        self.csi.node.NodeUnstageVolume(pb.NodeUnstageVolumeRequest(
-            volume_id=self.volume_id, staging_target_path=str(self.staging)))
+        self.csi.node.NodeUnstageVolume(
+            pb.NodeUnstageVolumeRequest(
+                volume_id=self.volume_id, staging_target_path=str(self.staging)
+            )
+        )
 
     def expand(self, size: int, secrets: dict[str, str] | None = None) -> int:
-        self.csi.controller.ControllerExpandVolume(pb.ControllerExpandVolumeRequest(
-            volume_id=self.volume_id, capacity_range=pb.CapacityRange(required_bytes=size)))
-        return int(self.csi.node.NodeExpandVolume(pb.NodeExpandVolumeRequest(
-            volume_id=self.volume_id, volume_path=str(self.target),
-            staging_target_path=str(self.staging), volume_capability=self.cap,
-            capacity_range=pb.CapacityRange(required_bytes=size),
-            secrets=self.secrets if secrets is None else secrets)).capacity_bytes)
+        self.csi.controller.ControllerExpandVolume(
+            pb.ControllerExpandVolumeRequest(
+                volume_id=self.volume_id, capacity_range=pb.CapacityRange(required_bytes=size)
+            )
+        )
+        return int(
+            self.csi.node.NodeExpandVolume(
+                pb.NodeExpandVolumeRequest(
+                    volume_id=self.volume_id,
+                    volume_path=str(self.target),
+                    staging_target_path=str(self.staging),
+                    volume_capability=self.cap,
+                    capacity_range=pb.CapacityRange(required_bytes=size),
+                    secrets=self.secrets if secrets is None else secrets,
+                )
+            ).capacity_bytes
+        )
 
     def delete(self) -> None:
         self.csi.controller.DeleteVolume(pb.DeleteVolumeRequest(volume_id=self.volume_id))
@@ -98,16 +118,28 @@ class Volume:
         return st.f_blocks * st.f_frsize
 
 
-def create_volume(csi: CsiClient, work: Path, name: str, kind: str, size: int = 64 * MIB,
-                  parameters: dict[str, str] | None = None,
-                  secrets: dict[str, str] | None = None) -> Volume:
+def create_volume(
+    csi: CsiClient,
+    work: Path,
+    name: str,
+    kind: str,
+    size: int = 64 * MIB,
+    parameters: dict[str, str] | None = None,
+    secrets: dict[str, str] | None = None,
+) -> Volume:
     if kind == "xfs":
         size = max(size, 300 * MIB)
-    response = csi.controller.CreateVolume(pb.CreateVolumeRequest(
-        name=name, volume_capabilities=[capability(kind)],
-        capacity_range=pb.CapacityRange(required_bytes=size),
-        parameters=parameters or {}, secrets=secrets or {}))
+    response = csi.controller.CreateVolume(
+        pb.CreateVolumeRequest(
+            name=name,
+            volume_capabilities=[capability(kind)],
+            capacity_range=pb.CapacityRange(required_bytes=size),
+            parameters=parameters or {},
+            secrets=secrets or {},
+        )
+    )
     base = work / name
     base.mkdir(parents=True, exist_ok=True)
-    return Volume(csi, response.volume.volume_id, kind, base / "staging", base / "target",
-                  secrets or {})
+    return Volume(
+        csi, response.volume.volume_id, kind, base / "staging", base / "target", secrets or {}
+    )

@@ -57,10 +57,26 @@ class RunningDriver:
             env.pop("CRYPTVOL_FAILPOINTS", None)
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "cryptvol", "serve", "--endpoint", self.endpoint,
-             "--node-id", self.node_id, "--state-dir", str(self.state_dir),
-             "--pool-dir", str(self.pool_dir), "--log-json", "--log-level", "debug"],
-            env=env, stdout=log, stderr=log,
+            [
+                sys.executable,
+                "-m",
+                "cryptvol",
+                "serve",
+                "--endpoint",
+                self.endpoint,
+                "--node-id",
+                self.node_id,
+                "--state-dir",
+                str(self.state_dir),
+                "--pool-dir",
+                str(self.pool_dir),
+                "--log-json",
+                "--log-level",
+                "debug",
+            ],
+            env=env,
+            stdout=log,
+            stderr=log,
         )
         log.close()
         self.client = CsiClient(self.endpoint)

@@ -7,17 +7,20 @@ from cryptvol.csi.interceptor import REDACTED, redacted
 from cryptvol.csi.status import code_for, message_for
 
 
-@pytest.mark.parametrize(("error", "code"), [
-    (errors.InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
-    (errors.NotFound, grpc.StatusCode.NOT_FOUND),
-    (errors.AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
-    (errors.FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
-    (errors.OutOfRange, grpc.StatusCode.OUT_OF_RANGE),
-    (errors.ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
-    (errors.Aborted, grpc.StatusCode.ABORTED),
-    (errors.Unavailable, grpc.StatusCode.UNAVAILABLE),
-    (errors.Internal, grpc.StatusCode.INTERNAL),
-])
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [
+        (errors.InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
+        (errors.NotFound, grpc.StatusCode.NOT_FOUND),
+        (errors.AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
+        (errors.FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
+        (errors.OutOfRange, grpc.StatusCode.OUT_OF_RANGE),
+        (errors.ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
+        (errors.Aborted, grpc.StatusCode.ABORTED),
+        (errors.Unavailable, grpc.StatusCode.UNAVAILABLE),
+        (errors.Internal, grpc.StatusCode.INTERNAL),
+    ],
+)
 def test_each_error_maps_to_its_grpc_code(error, code):
     assert code_for(error("x")) == code
     assert message_for(error("what to do")) == "what to do"

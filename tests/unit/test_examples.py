@@ -12,8 +12,7 @@ import yaml
 from cryptvol import DRIVER_NAME
 from cryptvol.engine.parameters import parse_parameters
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "docs" / "examples" / \
-    "passphrase-storageclass.yaml"
+EXAMPLE = Path(__file__).resolve().parents[2] / "docs" / "examples" / "passphrase-storageclass.yaml"
 SECRET_REFS = [
     f"csi.storage.k8s.io/{stage}-secret-{part}"
     for stage in ("provisioner", "node-stage", "node-expand")
@@ -35,8 +34,9 @@ def test_the_passphrase_storageclass_names_every_secret_and_allows_expansion():
         assert key in params, key
     secret = docs["Secret"]
     assert {params[k] for k in SECRET_REFS if k.endswith("name")} == {secret["metadata"]["name"]}
-    assert {params[k] for k in SECRET_REFS if k.endswith("namespace")} == \
-        {secret["metadata"]["namespace"]}
+    assert {params[k] for k in SECRET_REFS if k.endswith("namespace")} == {
+        secret["metadata"]["namespace"]
+    }
     assert params["secretKey"] in secret["stringData"]
 
 

@@ -13,15 +13,21 @@ from cryptvol.vm.parts import Parts
 def test_the_command_script_runs_the_argv_in_its_folder_with_only_its_environment(
     tmp_path: Path,
 ) -> None:
-    awkward = "it's a \"quoted\" $HOME `arg`; with spaces"
+    awkward = 'it\'s a "quoted" $HOME `arg`; with spaces'
     ctl = _prepare_control(
-        tmp_path, ["sh", "-c", 'printf "%s|%s|%s|%s" "$1" "$(pwd)" "$EXTRA" "$SECRET_HOST"',
-                   "sh", awkward],
-        Path("/usr"), {"EXTRA": "x y"},
+        tmp_path,
+        ["sh", "-c", 'printf "%s|%s|%s|%s" "$1" "$(pwd)" "$EXTRA" "$SECRET_HOST"', "sh", awkward],
+        Path("/usr"),
+        {"EXTRA": "x y"},
     )
     # The guest's init runs it with the host root's /bin/sh; the host's is the same one.
-    out = subprocess.run(["/bin/sh", str(ctl / "command.sh")], capture_output=True, text=True,
-                         env={"SECRET_HOST": "leak"}, check=True).stdout
+    out = subprocess.run(
+        ["/bin/sh", str(ctl / "command.sh")],
+        capture_output=True,
+        text=True,
+        env={"SECRET_HOST": "leak"},
+        check=True,
+    ).stdout
     assert out == f"{awkward}|/usr|x y|"
 
 
@@ -50,7 +56,9 @@ def test_folders_hidden_by_the_guests_tmpfs_are_kept_once(tmp_path: Path) -> Non
 
 
 def test_the_vm_has_no_network_and_sees_the_host_root_read_only(tmp_path: Path) -> None:
-    parts = Parts("6.1.0-1-amd64", Path("/k"), Path("/i"), built=False, seconds=0.0)
+    parts = Parts(
+        "6.1.0-1-amd64", Path("/k"), Path("/i"), built=False, seconds=0.0, cache_dir=tmp_path
+    )
     argv = qemu_argv(parts, tmp_path / "a,b", tmp_path / "serial.log", 1024, "tcg")
     assert argv[argv.index("-nic") + 1] == "none"
     shares = [argv[i + 1] for i, a in enumerate(argv) if a == "-virtfs"]

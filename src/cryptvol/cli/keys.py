@@ -310,7 +310,7 @@ def import_command(config: KeysConfig, backup: Path, passphrase_file: Path | Non
 @click.option("--name", required=True, help="This replica's name in reports (stable).")
 @click.option(
     "--health",
-    default="127.0.0.1:9808",
+    default="127.0.0.1:9809",
     show_default=True,
     help="HOST:PORT of /healthz, /readyz, /status and /metrics ('' for none).",
 )

@@ -18,8 +18,12 @@ CURRENT_KEK_CREATED = Gauge(
 )
 CURRENT_KEK_AGE = Gauge("cryptvol_keys_current_kek_age_seconds", "Age of the current KEK")
 DEKS_PER_KEK = Gauge("cryptvol_keys_deks", "Wrapped DEKs per KEK id (last count)", ["kek"])
-REENCRYPT_DONE = Gauge("cryptvol_keys_reencrypt_done", "DEKs re-wrapped by the running reencrypt")
-REENCRYPT_TOTAL = Gauge("cryptvol_keys_reencrypt_total", "DEKs the running reencrypt covers")
+REENCRYPT_DONE = Gauge(
+    "cryptvol_keys_reencrypt_done", "DEKs the last or running reencrypt has gone through"
+)
+REENCRYPT_TOTAL = Gauge(
+    "cryptvol_keys_reencrypt_total", "DEKs the last or running reencrypt covers"
+)
 READY = Gauge("cryptvol_keys_ready", "1 when this replica has loaded its key set")
 
 _current_created = 0.0

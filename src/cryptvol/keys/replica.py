@@ -29,6 +29,7 @@ from cryptvol.keys.config import KeysConfig, open_keys
 from cryptvol.keys.keyset import DEK_PREFIX, KEYSET_KEY
 from cryptvol.keys.manager import KeyManager
 from cryptvol.keys.replicas import NOT_READY, REPLICA_PREFIX, ReplicaReport
+from cryptvol.keys.rotation import Rotation
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +108,7 @@ class Replica:
             self._last_error = f"unexpected {type(exc).__name__}: {exc}"
             log.exception("replica %s: loading the key set failed", self.name)
         self._publish()
+        self._observe_reencrypt()
         if self.count_interval > 0 and time.monotonic() - self._last_count > self.count_interval:
             self._last_count = time.monotonic()
             self._count_deks()
@@ -135,6 +137,15 @@ class Replica:
             return
         if loaded is not None:
             self._published = True
+
+    def _observe_reencrypt(self) -> None:
+        try:
+            state, _ = Rotation(self.manager.store).cursor()
+        except CryptvolError:
+            return
+        if state is not None:
+            metrics.REENCRYPT_DONE.set(state.done)
+            metrics.REENCRYPT_TOTAL.set(state.total)
 
     def _count_deks(self) -> None:
         counts: Counter[str] = Counter()

@@ -249,8 +249,16 @@ class Rotation:
         batch: int = 0,
         progress: Progress | None = None,
     ) -> ReencryptState:
-        """Run (or resume) reencrypt through to reencrypt_finished; return the final cursor."""
+        """Run (or resume) reencrypt through to reencrypt_finished; return the final cursor.
+
+        Run again once finished, it only forgets retired KEK material that a crash between
+        retiring and forgetting may have left, and returns the finished cursor."""
         record, revision = self.read()
+        if record.stage == "reencrypt_finished" and not force:
+            self.forget_retired()
+            state, _ = self.cursor()
+            if state is not None and state.finished:
+                return state
         self._check_stage(record, "reencrypt", force)
         if record.stage not in ("reencrypt_request", "reencrypt_active"):
             self._agree(record, force, wait)

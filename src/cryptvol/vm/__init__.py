@@ -10,7 +10,7 @@ from cryptvol.vm.boot import IN_VM_ENV, guest_env, run_in_vm
 from cryptvol.vm.doctor import Check, doctor
 from cryptvol.vm.errors import VmError, VmUnavailable
 from cryptvol.vm.host import dm_crypt_available
-from cryptvol.vm.parts import Parts, cache_dir, ensure_parts
+from cryptvol.vm.parts import Parts, ensure_parts, resolve_cache_dir
 
 __all__ = [
     "IN_VM_ENV",
@@ -18,10 +18,10 @@ __all__ = [
     "Parts",
     "VmError",
     "VmUnavailable",
-    "cache_dir",
     "dm_crypt_available",
     "doctor",
     "ensure_parts",
     "guest_env",
+    "resolve_cache_dir",
     "run_in_vm",
 ]

@@ -17,7 +17,7 @@ import shutil
 from pathlib import Path
 
 from cryptvol.vm.errors import VmError, VmUnavailable
-from cryptvol.vm.parts import Parts, cache_dir
+from cryptvol.vm.parts import Parts, resolve_cache_dir
 
 ACCEL_ENV = "CRYPTVOL_VM_ACCEL"
 ACCELS = ("tcg", "kvm")
@@ -26,13 +26,13 @@ PROBE_TIMEOUT = 20.0
 _PROBE_FILE = "kvm-probe.json"
 
 
-def choose_accel(parts: Parts, cache: Path | None = None) -> str:
+def choose_accel(parts: Parts) -> str:
     forced = os.environ.get(ACCEL_ENV, "").strip().lower()
     if forced:
         if forced not in ACCELS:
             raise VmUnavailable(f"{ACCEL_ENV}={forced!r}: expected one of {', '.join(ACCELS)}")
         return forced
-    usable, _ = kvm_usable(parts, cache)
+    usable, _ = kvm_usable(parts, parts.cache_dir)
     return "kvm" if usable else "tcg"
 
 
@@ -42,7 +42,7 @@ def kvm_usable(parts: Parts | None, cache: Path | None = None, *, probe: bool = 
     """(usable?, why). Without `probe`, an unprobed host answers from /dev/kvm alone."""
     if not _dev_kvm_opens():
         return False, "/dev/kvm is missing or cannot be opened read-write"
-    memo = cache_dir(cache) / _PROBE_FILE
+    memo = resolve_cache_dir(cache) / _PROBE_FILE
     key = _probe_key()
     with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
         known = json.loads(memo.read_text())

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from cryptvol.vm.accel import ACCEL_ENV, kvm_usable
 from cryptvol.vm.host import dm_crypt_available
-from cryptvol.vm.parts import CACHE_ENV, _busybox, cache_dir, cached_state
+from cryptvol.vm.parts import CACHE_ENV, cached_state, resolve_cache_dir, static_busybox
 
 # Host tools the VM build needs, and those the guest borrows from the host root.
 _BUILD_TOOLS = ("qemu-system-x86_64", "apt-get", "dpkg-deb", "modprobe", "depmod", "cpio", "gzip")
@@ -23,12 +23,12 @@ class Check:
     detail: str
 
 
-def doctor(cache: Path | str | None = None) -> list[Check]:
+def doctor(cache_dir: Path | str | None = None) -> list[Check]:
     """Look, never build or boot: every answer comes from files and the cache."""
-    root = cache_dir(cache)
+    root = resolve_cache_dir(cache_dir)
     checks = [Check(tool, shutil.which(tool) is not None, shutil.which(tool) or "not found")
               for tool in _BUILD_TOOLS]
-    busybox = _busybox(root, build=False)
+    busybox = static_busybox(root, build=False)
     checks.append(Check("busybox (static)", busybox is not None,
                         str(busybox) if busybox else "install busybox-static"))
     writable = os.access(root if root.exists() else root.parent, os.W_OK)

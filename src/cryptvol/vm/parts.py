@@ -3,7 +3,8 @@
 Cache layout (one folder, `CRYPTVOL_VM_CACHE` or /var/cache/cryptvol/vm):
 
     lock                                  held while anything below is built
-    kernels/<release>/vmlinuz             the kernel image
+    kernels/<release>/vmlinuz             the kernel image as Debian ships it
+    kernels/<release>/vmlinux             the same, uncompressed (boots faster under TCG)
     kernels/<release>/linux-image.deb     kept so a changed initramfs needs no download
     busybox/busybox                       only when the host has no static busybox
     initramfs/<release>-<key>.cpio.gz     key: hash of init script, module names, busybox
@@ -58,6 +59,12 @@ OPTIONAL_MODULES = ("aes", "aesni_intel", "virtio_rng", "algif_skcipher", "algif
 _HOST_BUSYBOX = Path("/bin/busybox")
 _KERNEL_NAME = re.compile(r"^linux-image-(\d[^\s]*-amd64)$")
 _APT_TIMEOUT = 600.0
+_SIG_MAGIC = b"~Module signature appended~\n"
+# Bump when the way the initramfs is built changes, so cached ones are rebuilt.
+_INITRAMFS_FORMAT = "2"
+# The ELF note (name "Xen", type 18: XEN_ELFNOTE_PHYS32_ENTRY) of a kernel with a PVH entry
+# point, which QEMU needs to boot an uncompressed kernel.
+_PVH_NOTE = re.compile(rb"\x04\x00\x00\x00.{4}\x12\x00\x00\x00Xen\x00", re.DOTALL)
 
 
 @dataclass(frozen=True)
@@ -69,18 +76,19 @@ class Parts:
     initramfs: Path
     built: bool
     seconds: float
+    cache_dir: Path
 
 
-def cache_dir(explicit: Path | str | None = None) -> Path:
+def resolve_cache_dir(explicit: Path | str | None = None) -> Path:
     if explicit is not None:
         return Path(explicit)
     return Path(os.environ.get(CACHE_ENV) or DEFAULT_CACHE)
 
 
-def ensure_parts(cache: Path | str | None = None) -> Parts:
+def ensure_parts(cache_dir: Path | str | None = None) -> Parts:
     """Return the cached kernel and initramfs, fetching and building what is missing."""
     started = time.monotonic()
-    root = cache_dir(cache)
+    root = resolve_cache_dir(cache_dir)
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -89,21 +97,23 @@ def ensure_parts(cache: Path | str | None = None) -> Parts:
             "writable folder"
         ) from None
     release = resolve_kernel_release(root)
-    busybox = _busybox(root, build=False)
+    busybox = static_busybox(root, build=False)
     key = initramfs_key(release, busybox)
     vmlinuz = root / "kernels" / release / "vmlinuz"
     initramfs = root / "initramfs" / f"{release}-{key}.cpio.gz"
-    if vmlinuz.is_file() and initramfs.is_file():
-        return Parts(release, _bootable(vmlinuz), initramfs, False, time.monotonic() - started)
+    if vmlinuz.is_file() and initramfs.is_file() and _kernel_settled(vmlinuz):
+        seconds = time.monotonic() - started
+        return Parts(release, _bootable(vmlinuz), initramfs, False, seconds, root)
     with _locked(root):
         # Another process may have built it while we waited for the lock.
-        busybox = _busybox(root, build=True)
+        busybox = static_busybox(root, build=True)
         key = initramfs_key(release, busybox)
         initramfs = root / "initramfs" / f"{release}-{key}.cpio.gz"
         deb = _fetch_kernel(root, release)
         if not initramfs.is_file():
             _build_initramfs(root, release, deb, busybox, initramfs)
-    return Parts(release, _bootable(vmlinuz), initramfs, True, time.monotonic() - started)
+    seconds = time.monotonic() - started
+    return Parts(release, _bootable(vmlinuz), initramfs, True, seconds, root)
 
 
 def _bootable(vmlinuz: Path) -> Path:
@@ -111,27 +121,31 @@ def _bootable(vmlinuz: Path) -> Path:
     return elf if elf.is_file() else vmlinuz
 
 
-def cached_state(cache: Path | str | None = None) -> tuple[str | None, bool, bool]:
-    """(newest kernel release known, its kernel cached?, an initramfs for it cached?)."""
-    root = cache_dir(cache)
+def cached_state(cache_dir: Path | str | None = None) -> tuple[str | None, bool, bool]:
+    """(newest kernel release known, its kernel cached?, an initramfs for it cached?).
+
+    Only looks: it never downloads, builds, or refreshes the package lists.
+    """
+    root = resolve_cache_dir(cache_dir)
     try:
-        release: str | None = resolve_kernel_release(root)
+        release: str | None = resolve_kernel_release(root, refresh=False)
     except VmUnavailable:
         release = None
     if release is None:
         return None, False, False
     kernel = (root / "kernels" / release / "vmlinuz").is_file()
-    busybox = _busybox(root, build=False)
+    busybox = static_busybox(root, build=False)
     initramfs = busybox is not None and (
         root / "initramfs" / f"{release}-{initramfs_key(release, busybox)}.cpio.gz"
     ).is_file()
     return release, kernel, initramfs
 
 
-def resolve_kernel_release(cache: Path) -> str:
+def resolve_kernel_release(cache: Path, *, refresh: bool = True) -> str:
     """The release (`uname -r` form) of the kernel Debian's meta-package points at now.
 
-    Without a package list (offline, not root), the newest kernel already cached serves.
+    With no package lists yet, `refresh` runs `apt-get update` (as root). Without lists
+    (offline, not root), the newest kernel already cached serves.
     """
     # apt-cache takes a second or more to load its lists, so its answer is remembered
     # for as long as the lists are unchanged.
@@ -142,7 +156,7 @@ def resolve_kernel_release(cache: Path) -> str:
         if stamp and remembered_stamp == stamp:
             return remembered
     release = _release_from_apt()
-    if release is None:
+    if release is None and refresh:
         _refresh_apt_lists()
         stamp = _apt_lists_stamp()
         release = _release_from_apt()
@@ -166,7 +180,8 @@ def resolve_kernel_release(cache: Path) -> str:
 
 def initramfs_key(release: str, busybox: Path | None) -> str:
     digest = hashlib.sha256()
-    for part in (release, INIT_SCRIPT, *REQUIRED_MODULES, "|", *OPTIONAL_MODULES):
+    for part in (_INITRAMFS_FORMAT, release, INIT_SCRIPT, *REQUIRED_MODULES, "|",
+                 *OPTIONAL_MODULES):
         digest.update(part.encode() + b"\0")
     if busybox is not None:
         digest.update(_file_sha256(busybox).encode())
@@ -208,37 +223,43 @@ def _refresh_apt_lists() -> None:
 
 
 def _fetch_kernel(root: Path, release: str) -> Path:
-    """The kernel package, downloaded and its vmlinuz unpacked into the cache once."""
+    """The kernel package, downloaded and its kernel image unpacked into the cache once."""
     kdir = root / "kernels" / release
     deb = kdir / "linux-image.deb"
     vmlinuz = kdir / "vmlinuz"
-    if deb.is_file() and vmlinuz.is_file():
-        return deb
-    kdir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=root, prefix=".fetch-") as tmp:
-        _download(f"linux-image-{release}", Path(tmp))
-        (got,) = Path(tmp).glob("*.deb")
-        tree = Path(tmp) / "tree"
-        run(["dpkg-deb", "-x", str(got), str(tree)], timeout=_APT_TIMEOUT)
-        image = tree / "boot" / f"vmlinuz-{release}"
-        if not image.is_file():
-            raise VmUnavailable(f"linux-image-{release} has no /boot/vmlinuz-{release}")
-        _install(image, vmlinuz)
-        config = tree / "boot" / f"config-{release}"
-        elf = _uncompressed_kernel(image) if _config_has(config, "CONFIG_PVH=y") else None
-        if elf is not None:
+    if not (deb.is_file() and vmlinuz.is_file()):
+        kdir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=root, prefix=".fetch-") as tmp:
+            _download(f"linux-image-{release}", Path(tmp))
+            (got,) = Path(tmp).glob("*.deb")
+            tree = Path(tmp) / "tree"
+            run(["dpkg-deb", "-x", str(got), str(tree)], timeout=_APT_TIMEOUT)
+            image = tree / "boot" / f"vmlinuz-{release}"
+            if not image.is_file():
+                raise VmUnavailable(f"linux-image-{release} has no /boot/vmlinuz-{release}")
+            _install(image, vmlinuz)
+            _install(got, deb)
+    if not _kernel_settled(vmlinuz):
+        elf = _uncompressed_kernel(vmlinuz)
+        if elf is not None and _PVH_NOTE.search(elf):
             partial = kdir / ".vmlinux.part"
             partial.write_bytes(elf)
             os.replace(partial, kdir / "vmlinux")
-        _install(got, deb)
+        else:
+            (kdir / "vmlinux.none").touch()
     return deb
+
+
+def _kernel_settled(vmlinuz: Path) -> bool:
+    """Whether the uncompressed kernel was made, or found impossible, already."""
+    return vmlinuz.with_name("vmlinux").is_file() or vmlinuz.with_name("vmlinux.none").exists()
 
 
 def _uncompressed_kernel(bzimage: Path) -> bytes | None:
     """The ELF kernel inside a bzImage, when it is xz- or gzip-compressed.
 
     Under TCG, decompressing the kernel at boot costs seconds; QEMU boots the ELF
-    directly through its PVH entry point instead.
+    directly through its PVH entry point instead (when the kernel has one: `_PVH_NOTE`).
     """
     data = bzimage.read_bytes()
     for magic, make in (
@@ -257,13 +278,6 @@ def _uncompressed_kernel(bzimage: Path) -> bytes | None:
     return None
 
 
-def _config_has(config: Path, line: str) -> bool:
-    try:
-        return line in config.read_text().splitlines()
-    except OSError:
-        return False
-
-
 def _download(package: str, into: Path) -> None:
     # apt-get download writes to its working directory; run() has none, so a shell sets it.
     try:
@@ -275,7 +289,7 @@ def _download(package: str, into: Path) -> None:
         raise VmUnavailable(f"cannot download {package} from the package registry: {exc}") from None
 
 
-def _busybox(root: Path, *, build: bool) -> Path | None:
+def static_busybox(root: Path, *, build: bool) -> Path | None:
     """A statically linked busybox: the host's if it is one, else busybox-static's."""
     if _is_static_elf(_HOST_BUSYBOX):
         return _HOST_BUSYBOX
@@ -355,18 +369,32 @@ def module_load_order(tree: Path, release: str) -> list[Path]:
 
 
 def _copy_module(src: Path, dest: Path) -> Path:
-    """Copy a module, uncompressed: busybox's insmod may not read compressed ones."""
+    """Copy a module uncompressed (busybox's insmod may not read compressed ones) and
+    without its signature: checking it under TCG cost seconds per boot, and this throwaway
+    kernel does not enforce signatures (an unsigned module only taints it)."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     if src.suffix == ".xz":
         dest = dest.with_suffix("")
         with lzma.open(src) as f:
-            dest.write_bytes(f.read())
+            data = f.read()
     elif src.suffix == ".zst":
         dest = dest.with_suffix("")
         run(["zstd", "-q", "-d", "-f", "-o", str(dest), str(src)], timeout=60)
+        data = dest.read_bytes()
     else:
-        shutil.copy2(src, dest)
+        data = src.read_bytes()
+    dest.write_bytes(_without_signature(data))
     return dest
+
+
+def _without_signature(module: bytes) -> bytes:
+    # Layout at the end of a signed module: signature, struct module_signature (12 bytes,
+    # big-endian signature length last), then the magic string.
+    if not module.endswith(_SIG_MAGIC):
+        return module
+    info_end = len(module) - len(_SIG_MAGIC)
+    (sig_len,) = struct.unpack_from(">I", module, info_end - 4)
+    return module[: info_end - 12 - sig_len]
 
 
 def _install(src: Path, dest: Path) -> None:

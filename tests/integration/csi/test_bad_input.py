@@ -24,120 +24,332 @@ def _cap_without_access_type():
 
 CASES = [
     # (id, service, method, request factory(volume_id, tmp), expected code)
-    ("create: no name", "controller", "CreateVolume",
-     lambda v, t: pb.CreateVolumeRequest(volume_capabilities=[EXT4]), INVALID),
-    ("create: no capability", "controller", "CreateVolume",
-     lambda v, t: pb.CreateVolumeRequest(name="x"), INVALID),
-    ("create: capability without access type", "controller", "CreateVolume",
-     lambda v, t: pb.CreateVolumeRequest(name="x", volume_capabilities=[
-         _cap_without_access_type()]), INVALID),
-    ("create: unknown parameter", "controller", "CreateVolume",
-     lambda v, t: pb.CreateVolumeRequest(name="x", volume_capabilities=[EXT4],
-                                         parameters={"keysize": "512"}), INVALID),
-    ("create: bad parameter value", "controller", "CreateVolume",
-     lambda v, t: pb.CreateVolumeRequest(name="x", volume_capabilities=[EXT4],
-                                         parameters={"keySize": "7"}), INVALID),
-    ("create: range that cannot be met", "controller", "CreateVolume",
-     lambda v, t: pb.CreateVolumeRequest(
-         name="x", volume_capabilities=[mount_capability("xfs")],
-         capacity_range=pb.CapacityRange(required_bytes=MIB, limit_bytes=2 * MIB)),
-     OUT_OF_RANGE),
-    ("create: limit below required", "controller", "CreateVolume",
-     lambda v, t: pb.CreateVolumeRequest(
-         name="x", volume_capabilities=[EXT4],
-         capacity_range=pb.CapacityRange(required_bytes=10 * MIB, limit_bytes=5 * MIB)),
-     INVALID),
-    ("create: multi-node access mode", "controller", "CreateVolume",
-     lambda v, t: pb.CreateVolumeRequest(name="x", volume_capabilities=[
-         mount_capability("ext4", mode=MODE.MULTI_NODE_MULTI_WRITER)]), INVALID),
-    ("create: unsupported filesystem", "controller", "CreateVolume",
-     lambda v, t: pb.CreateVolumeRequest(name="x", volume_capabilities=[
-         mount_capability("btrfs")]), INVALID),
-    ("create: from a snapshot (not yet supported)", "controller", "CreateVolume",
-     lambda v, t: pb.CreateVolumeRequest(
-         name="x", volume_capabilities=[EXT4],
-         volume_content_source=pb.VolumeContentSource(
-             snapshot=pb.VolumeContentSource.SnapshotSource(snapshot_id="s"))), INVALID),
-    ("delete: no id", "controller", "DeleteVolume",
-     lambda v, t: pb.DeleteVolumeRequest(), INVALID),
-    ("delete: unknown id succeeds", "controller", "DeleteVolume",
-     lambda v, t: pb.DeleteVolumeRequest(volume_id=MISSING), OK),
-    ("expand: no id", "controller", "ControllerExpandVolume",
-     lambda v, t: pb.ControllerExpandVolumeRequest(
-         capacity_range=pb.CapacityRange(required_bytes=MIB)), INVALID),
-    ("expand: no range", "controller", "ControllerExpandVolume",
-     lambda v, t: pb.ControllerExpandVolumeRequest(volume_id=v), INVALID),
-    ("expand: unknown volume", "controller", "ControllerExpandVolume",
-     lambda v, t: pb.ControllerExpandVolumeRequest(
-         volume_id=MISSING, capacity_range=pb.CapacityRange(required_bytes=MIB)), NOT_FOUND),
-    ("expand: limit below the current size", "controller", "ControllerExpandVolume",
-     lambda v, t: pb.ControllerExpandVolumeRequest(
-         volume_id=v, capacity_range=pb.CapacityRange(limit_bytes=MIB)), OUT_OF_RANGE),
-    ("validate: unknown volume", "controller", "ValidateVolumeCapabilities",
-     lambda v, t: pb.ValidateVolumeCapabilitiesRequest(
-         volume_id=MISSING, volume_capabilities=[EXT4]), NOT_FOUND),
-    ("validate: no capability", "controller", "ValidateVolumeCapabilities",
-     lambda v, t: pb.ValidateVolumeCapabilitiesRequest(volume_id=v), INVALID),
-    ("stage: no volume id", "node", "NodeStageVolume",
-     lambda v, t: pb.NodeStageVolumeRequest(staging_target_path=f"{t}/s",
-                                            volume_capability=EXT4), INVALID),
-    ("stage: no staging path", "node", "NodeStageVolume",
-     lambda v, t: pb.NodeStageVolumeRequest(volume_id=v, volume_capability=EXT4), INVALID),
-    ("stage: no capability", "node", "NodeStageVolume",
-     lambda v, t: pb.NodeStageVolumeRequest(volume_id=v, staging_target_path=f"{t}/s"),
-     INVALID),
-    ("stage: multi-node access mode", "node", "NodeStageVolume",
-     lambda v, t: pb.NodeStageVolumeRequest(
-         volume_id=v, staging_target_path=f"{t}/s",
-         volume_capability=mount_capability("ext4", mode=MODE.MULTI_NODE_READER_ONLY)),
-     INVALID),
-    ("stage: unknown volume", "node", "NodeStageVolume",
-     lambda v, t: pb.NodeStageVolumeRequest(volume_id=MISSING, staging_target_path=f"{t}/s",
-                                            volume_capability=EXT4), NOT_FOUND),
-    ("stage: parent of staging path missing", "node", "NodeStageVolume",
-     lambda v, t: pb.NodeStageVolumeRequest(volume_id=v, staging_target_path=f"{t}/no/s",
-                                            volume_capability=EXT4), NOT_FOUND),
-    ("stage: relative staging path", "node", "NodeStageVolume",
-     lambda v, t: pb.NodeStageVolumeRequest(volume_id=v, staging_target_path="rel/s",
-                                            volume_capability=EXT4), INVALID),
-    ("unstage: no staging path", "node", "NodeUnstageVolume",
-     lambda v, t: pb.NodeUnstageVolumeRequest(volume_id=v), INVALID),
-    ("unstage: what is not staged succeeds", "node", "NodeUnstageVolume",
-     lambda v, t: pb.NodeUnstageVolumeRequest(volume_id=v, staging_target_path=f"{t}/s"), OK),
-    ("unstage: unknown volume succeeds", "node", "NodeUnstageVolume",
-     lambda v, t: pb.NodeUnstageVolumeRequest(volume_id=MISSING,
-                                              staging_target_path=f"{t}/s"), OK),
-    ("publish: no target path", "node", "NodePublishVolume",
-     lambda v, t: pb.NodePublishVolumeRequest(volume_id=v, staging_target_path=f"{t}/s",
-                                              volume_capability=EXT4), INVALID),
-    ("publish: no staging path", "node", "NodePublishVolume",
-     lambda v, t: pb.NodePublishVolumeRequest(volume_id=v, target_path=f"{t}/p",
-                                              volume_capability=EXT4), INVALID),
-    ("publish: parent of target path missing", "node", "NodePublishVolume",
-     lambda v, t: pb.NodePublishVolumeRequest(
-         volume_id=v, staging_target_path=f"{t}/s", target_path=f"{t}/no/p",
-         volume_capability=block_capability()), NOT_FOUND),
-    ("publish: unknown volume", "node", "NodePublishVolume",
-     lambda v, t: pb.NodePublishVolumeRequest(
-         volume_id=MISSING, staging_target_path=f"{t}/s", target_path=f"{t}/p",
-         volume_capability=EXT4), NOT_FOUND),
-    ("unpublish: no target path", "node", "NodeUnpublishVolume",
-     lambda v, t: pb.NodeUnpublishVolumeRequest(volume_id=v), INVALID),
-    ("unpublish: what is not published succeeds", "node", "NodeUnpublishVolume",
-     lambda v, t: pb.NodeUnpublishVolumeRequest(volume_id=v, target_path=f"{t}/p"), OK),
-    ("node expand: no volume path", "node", "NodeExpandVolume",
-     lambda v, t: pb.NodeExpandVolumeRequest(volume_id=v), INVALID),
-    ("node expand: unknown volume", "node", "NodeExpandVolume",
-     lambda v, t: pb.NodeExpandVolumeRequest(volume_id=MISSING, volume_path=str(t)),
-     NOT_FOUND),
-    ("stats: no volume path", "node", "NodeGetVolumeStats",
-     lambda v, t: pb.NodeGetVolumeStatsRequest(volume_id=v), INVALID),
-    ("stats: unknown volume", "node", "NodeGetVolumeStats",
-     lambda v, t: pb.NodeGetVolumeStatsRequest(volume_id=MISSING, volume_path=str(t)),
-     NOT_FOUND),
-    ("stats: path that does not exist", "node", "NodeGetVolumeStats",
-     lambda v, t: pb.NodeGetVolumeStatsRequest(volume_id=v, volume_path=f"{t}/nowhere"),
-     NOT_FOUND),
+    (
+        "create: no name",
+        "controller",
+        "CreateVolume",
+        lambda v, t: pb.CreateVolumeRequest(volume_capabilities=[EXT4]),
+        INVALID,
+    ),
+    (
+        "create: no capability",
+        "controller",
+        "CreateVolume",
+        lambda v, t: pb.CreateVolumeRequest(name="x"),
+        INVALID,
+    ),
+    (
+        "create: capability without access type",
+        "controller",
+        "CreateVolume",
+        lambda v, t: pb.CreateVolumeRequest(
+            name="x", volume_capabilities=[_cap_without_access_type()]
+        ),
+        INVALID,
+    ),
+    (
+        "create: unknown parameter",
+        "controller",
+        "CreateVolume",
+        lambda v, t: pb.CreateVolumeRequest(
+            name="x", volume_capabilities=[EXT4], parameters={"keysize": "512"}
+        ),
+        INVALID,
+    ),
+    (
+        "create: bad parameter value",
+        "controller",
+        "CreateVolume",
+        lambda v, t: pb.CreateVolumeRequest(
+            name="x", volume_capabilities=[EXT4], parameters={"keySize": "7"}
+        ),
+        INVALID,
+    ),
+    (
+        "create: range that cannot be met",
+        "controller",
+        "CreateVolume",
+        lambda v, t: pb.CreateVolumeRequest(
+            name="x",
+            volume_capabilities=[mount_capability("xfs")],
+            capacity_range=pb.CapacityRange(required_bytes=MIB, limit_bytes=2 * MIB),
+        ),
+        OUT_OF_RANGE,
+    ),
+    (
+        "create: limit below required",
+        "controller",
+        "CreateVolume",
+        lambda v, t: pb.CreateVolumeRequest(
+            name="x",
+            volume_capabilities=[EXT4],
+            capacity_range=pb.CapacityRange(required_bytes=10 * MIB, limit_bytes=5 * MIB),
+        ),
+        INVALID,
+    ),
+    (
+        "create: multi-node access mode",
+        "controller",
+        "CreateVolume",
+        lambda v, t: pb.CreateVolumeRequest(
+            name="x",
+            volume_capabilities=[mount_capability("ext4", mode=MODE.MULTI_NODE_MULTI_WRITER)],
+        ),
+        INVALID,
+    ),
+    (
+        "create: unsupported filesystem",
+        "controller",
+        "CreateVolume",
+        lambda v, t: pb.CreateVolumeRequest(
+            name="x", volume_capabilities=[mount_capability("btrfs")]
+        ),
+        INVALID,
+    ),
+    (
+        "create: from a snapshot (not yet supported)",
+        "controller",
+        "CreateVolume",
+        lambda v, t: pb.CreateVolumeRequest(
+            name="x",
+            volume_capabilities=[EXT4],
+            volume_content_source=pb.VolumeContentSource(
+                snapshot=pb.VolumeContentSource.SnapshotSource(snapshot_id="s")
+            ),
+        ),
+        INVALID,
+    ),
+    ("delete: no id", "controller", "DeleteVolume", lambda v, t: pb.DeleteVolumeRequest(), INVALID),
+    (
+        "delete: unknown id succeeds",
+        "controller",
+        "DeleteVolume",
+        lambda v, t: pb.DeleteVolumeRequest(volume_id=MISSING),
+        OK,
+    ),
+    (
+        "expand: no id",
+        "controller",
+        "ControllerExpandVolume",
+        lambda v, t: pb.ControllerExpandVolumeRequest(
+            capacity_range=pb.CapacityRange(required_bytes=MIB)
+        ),
+        INVALID,
+    ),
+    (
+        "expand: no range",
+        "controller",
+        "ControllerExpandVolume",
+        lambda v, t: pb.ControllerExpandVolumeRequest(volume_id=v),
+        INVALID,
+    ),
+    (
+        "expand: unknown volume",
+        "controller",
+        "ControllerExpandVolume",
+        lambda v, t: pb.ControllerExpandVolumeRequest(
+            volume_id=MISSING, capacity_range=pb.CapacityRange(required_bytes=MIB)
+        ),
+        NOT_FOUND,
+    ),
+    (
+        "expand: limit below the current size",
+        "controller",
+        "ControllerExpandVolume",
+        lambda v, t: pb.ControllerExpandVolumeRequest(
+            volume_id=v, capacity_range=pb.CapacityRange(limit_bytes=MIB)
+        ),
+        OUT_OF_RANGE,
+    ),
+    (
+        "validate: unknown volume",
+        "controller",
+        "ValidateVolumeCapabilities",
+        lambda v, t: pb.ValidateVolumeCapabilitiesRequest(
+            volume_id=MISSING, volume_capabilities=[EXT4]
+        ),
+        NOT_FOUND,
+    ),
+    (
+        "validate: no capability",
+        "controller",
+        "ValidateVolumeCapabilities",
+        lambda v, t: pb.ValidateVolumeCapabilitiesRequest(volume_id=v),
+        INVALID,
+    ),
+    (
+        "stage: no volume id",
+        "node",
+        "NodeStageVolume",
+        lambda v, t: pb.NodeStageVolumeRequest(
+            staging_target_path=f"{t}/s", volume_capability=EXT4
+        ),
+        INVALID,
+    ),
+    (
+        "stage: no staging path",
+        "node",
+        "NodeStageVolume",
+        lambda v, t: pb.NodeStageVolumeRequest(volume_id=v, volume_capability=EXT4),
+        INVALID,
+    ),
+    (
+        "stage: no capability",
+        "node",
+        "NodeStageVolume",
+        lambda v, t: pb.NodeStageVolumeRequest(volume_id=v, staging_target_path=f"{t}/s"),
+        INVALID,
+    ),
+    (
+        "stage: multi-node access mode",
+        "node",
+        "NodeStageVolume",
+        lambda v, t: pb.NodeStageVolumeRequest(
+            volume_id=v,
+            staging_target_path=f"{t}/s",
+            volume_capability=mount_capability("ext4", mode=MODE.MULTI_NODE_READER_ONLY),
+        ),
+        INVALID,
+    ),
+    (
+        "stage: unknown volume",
+        "node",
+        "NodeStageVolume",
+        lambda v, t: pb.NodeStageVolumeRequest(
+            volume_id=MISSING, staging_target_path=f"{t}/s", volume_capability=EXT4
+        ),
+        NOT_FOUND,
+    ),
+    (
+        "stage: parent of staging path missing",
+        "node",
+        "NodeStageVolume",
+        lambda v, t: pb.NodeStageVolumeRequest(
+            volume_id=v, staging_target_path=f"{t}/no/s", volume_capability=EXT4
+        ),
+        NOT_FOUND,
+    ),
+    (
+        "stage: relative staging path",
+        "node",
+        "NodeStageVolume",
+        lambda v, t: pb.NodeStageVolumeRequest(
+            volume_id=v, staging_target_path="rel/s", volume_capability=EXT4
+        ),
+        INVALID,
+    ),
+    (
+        "unstage: no staging path",
+        "node",
+        "NodeUnstageVolume",
+        lambda v, t: pb.NodeUnstageVolumeRequest(volume_id=v),
+        INVALID,
+    ),
+    (
+        "unstage: what is not staged succeeds",
+        "node",
+        "NodeUnstageVolume",
+        lambda v, t: pb.NodeUnstageVolumeRequest(volume_id=v, staging_target_path=f"{t}/s"),
+        OK,
+    ),
+    (
+        "unstage: unknown volume succeeds",
+        "node",
+        "NodeUnstageVolume",
+        lambda v, t: pb.NodeUnstageVolumeRequest(volume_id=MISSING, staging_target_path=f"{t}/s"),
+        OK,
+    ),
+    (
+        "publish: no target path",
+        "node",
+        "NodePublishVolume",
+        lambda v, t: pb.NodePublishVolumeRequest(
+            volume_id=v, staging_target_path=f"{t}/s", volume_capability=EXT4
+        ),
+        INVALID,
+    ),
+    (
+        "publish: no staging path",
+        "node",
+        "NodePublishVolume",
+        lambda v, t: pb.NodePublishVolumeRequest(
+            volume_id=v, target_path=f"{t}/p", volume_capability=EXT4
+        ),
+        INVALID,
+    ),
+    (
+        "publish: parent of target path missing",
+        "node",
+        "NodePublishVolume",
+        lambda v, t: pb.NodePublishVolumeRequest(
+            volume_id=v,
+            staging_target_path=f"{t}/s",
+            target_path=f"{t}/no/p",
+            volume_capability=block_capability(),
+        ),
+        NOT_FOUND,
+    ),
+    (
+        "publish: unknown volume",
+        "node",
+        "NodePublishVolume",
+        lambda v, t: pb.NodePublishVolumeRequest(
+            volume_id=MISSING,
+            staging_target_path=f"{t}/s",
+            target_path=f"{t}/p",
+            volume_capability=EXT4,
+        ),
+        NOT_FOUND,
+    ),
+    (
+        "unpublish: no target path",
+        "node",
+        "NodeUnpublishVolume",
+        lambda v, t: pb.NodeUnpublishVolumeRequest(volume_id=v),
+        INVALID,
+    ),
+    (
+        "unpublish: what is not published succeeds",
+        "node",
+        "NodeUnpublishVolume",
+        lambda v, t: pb.NodeUnpublishVolumeRequest(volume_id=v, target_path=f"{t}/p"),
+        OK,
+    ),
+    (
+        "node expand: no volume path",
+        "node",
+        "NodeExpandVolume",
+        lambda v, t: pb.NodeExpandVolumeRequest(volume_id=v),
+        INVALID,
+    ),
+    (
+        "node expand: unknown volume",
+        "node",
+        "NodeExpandVolume",
+        lambda v, t: pb.NodeExpandVolumeRequest(volume_id=MISSING, volume_path=str(t)),
+        NOT_FOUND,
+    ),
+    (
+        "stats: no volume path",
+        "node",
+        "NodeGetVolumeStats",
+        lambda v, t: pb.NodeGetVolumeStatsRequest(volume_id=v),
+        INVALID,
+    ),
+    (
+        "stats: unknown volume",
+        "node",
+        "NodeGetVolumeStats",
+        lambda v, t: pb.NodeGetVolumeStatsRequest(volume_id=MISSING, volume_path=str(t)),
+        NOT_FOUND,
+    ),
+    (
+        "stats: path that does not exist",
+        "node",
+        "NodeGetVolumeStats",
+        lambda v, t: pb.NodeGetVolumeStatsRequest(volume_id=v, volume_path=f"{t}/nowhere"),
+        NOT_FOUND,
+    ),
 ]
 
 
@@ -153,9 +365,13 @@ def shared_driver(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def existing_volume(shared_driver):
-    return shared_driver.client.controller.CreateVolume(pb.CreateVolumeRequest(
-        name="existing", volume_capabilities=[EXT4],
-        capacity_range=pb.CapacityRange(required_bytes=32 * MIB))).volume
+    return shared_driver.client.controller.CreateVolume(
+        pb.CreateVolumeRequest(
+            name="existing",
+            volume_capabilities=[EXT4],
+            capacity_range=pb.CapacityRange(required_bytes=32 * MIB),
+        )
+    ).volume
 
 
 def _snapshot(driver):
@@ -171,10 +387,12 @@ def _snapshot(driver):
     return files, records
 
 
-@pytest.mark.parametrize(("service", "method", "make", "code"),
-                         [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_bad_input_gets_its_code_and_changes_nothing(shared_driver, existing_volume, tmp_path,
-                                                     service, method, make, code):
+@pytest.mark.parametrize(
+    ("service", "method", "make", "code"), [c[1:] for c in CASES], ids=[c[0] for c in CASES]
+)
+def test_bad_input_gets_its_code_and_changes_nothing(
+    shared_driver, existing_volume, tmp_path, service, method, make, code
+):
     driver = shared_driver
     before = _snapshot(driver)
     stub = getattr(driver.client, service)

@@ -11,8 +11,11 @@ MIB = 1024 * 1024
 
 def create(csi, name="vol", size=64 * MIB, **kw):
     kw.setdefault("volume_capabilities", [mount_capability("ext4")])
-    return csi.controller.CreateVolume(pb.CreateVolumeRequest(
-        name=name, capacity_range=pb.CapacityRange(required_bytes=size), **kw)).volume
+    return csi.controller.CreateVolume(
+        pb.CreateVolumeRequest(
+            name=name, capacity_range=pb.CapacityRange(required_bytes=size), **kw
+        )
+    ).volume
 
 
 def test_create_makes_a_sparse_backing_file_with_room_for_the_luks_header(csi, driver):
@@ -31,8 +34,11 @@ def test_a_repeated_create_returns_the_same_volume(csi):
 def test_a_name_reused_with_other_parameters_is_already_exists(csi):
     create(csi)
     with pytest.raises(grpc.RpcError) as info:
-        create(csi, parameters={"csi.storage.k8s.io/fstype": "xfs"},
-               volume_capabilities=[mount_capability()])
+        create(
+            csi,
+            parameters={"csi.storage.k8s.io/fstype": "xfs"},
+            volume_capabilities=[mount_capability()],
+        )
     assert info.value.code() == grpc.StatusCode.ALREADY_EXISTS
 
 
@@ -64,8 +70,9 @@ def test_list_volumes_pages_with_tokens(csi):
     ids = {create(csi, name=f"v{i}").volume_id for i in range(5)}
     seen, token, pages = set(), "", 0
     while True:
-        page = csi.controller.ListVolumes(pb.ListVolumesRequest(max_entries=2,
-                                                                starting_token=token))
+        page = csi.controller.ListVolumes(
+            pb.ListVolumesRequest(max_entries=2, starting_token=token)
+        )
         seen |= {e.volume.volume_id for e in page.entries}
         pages += 1
         token = page.next_token
@@ -83,13 +90,19 @@ def test_a_bad_list_token_is_aborted(csi):
 
 def test_expand_grows_the_backing_file_and_asks_for_node_expansion(csi, driver):
     volume = create(csi)
-    grown = csi.controller.ControllerExpandVolume(pb.ControllerExpandVolumeRequest(
-        volume_id=volume.volume_id, capacity_range=pb.CapacityRange(required_bytes=100 * MIB)))
+    grown = csi.controller.ControllerExpandVolume(
+        pb.ControllerExpandVolumeRequest(
+            volume_id=volume.volume_id, capacity_range=pb.CapacityRange(required_bytes=100 * MIB)
+        )
+    )
     assert grown.capacity_bytes == 100 * MIB
     assert grown.node_expansion_required
     assert (driver.pool_dir / f"{volume.volume_id}.img").stat().st_size == 116 * MIB
-    again = csi.controller.ControllerExpandVolume(pb.ControllerExpandVolumeRequest(
-        volume_id=volume.volume_id, capacity_range=pb.CapacityRange(required_bytes=100 * MIB)))
+    again = csi.controller.ControllerExpandVolume(
+        pb.ControllerExpandVolumeRequest(
+            volume_id=volume.volume_id, capacity_range=pb.CapacityRange(required_bytes=100 * MIB)
+        )
+    )
     assert again.capacity_bytes == 100 * MIB
 
 
@@ -100,19 +113,28 @@ def test_get_capacity_tells_the_pools_free_space(csi, driver):
     free = shutil.disk_usage(driver.pool_dir).free
     assert 0 < reported <= free
     assert abs(free - reported) < 64 * MIB
-    other_node = csi.controller.GetCapacity(pb.GetCapacityRequest(
-        accessible_topology=pb.Topology(segments={"cryptvol.io/node": "elsewhere"})))
+    other_node = csi.controller.GetCapacity(
+        pb.GetCapacityRequest(
+            accessible_topology=pb.Topology(segments={"cryptvol.io/node": "elsewhere"})
+        )
+    )
     assert other_node.available_capacity == 0
 
 
 def test_validate_capabilities_confirms_single_node_and_refuses_multi_node(csi):
     volume = create(csi)
-    ok = csi.controller.ValidateVolumeCapabilities(pb.ValidateVolumeCapabilitiesRequest(
-        volume_id=volume.volume_id, volume_capabilities=[block_capability()]))
+    ok = csi.controller.ValidateVolumeCapabilities(
+        pb.ValidateVolumeCapabilitiesRequest(
+            volume_id=volume.volume_id, volume_capabilities=[block_capability()]
+        )
+    )
     assert ok.HasField("confirmed")
     multi = mount_capability("ext4", mode=pb.VolumeCapability.AccessMode.MULTI_NODE_MULTI_WRITER)
-    refused = csi.controller.ValidateVolumeCapabilities(pb.ValidateVolumeCapabilitiesRequest(
-        volume_id=volume.volume_id, volume_capabilities=[multi]))
+    refused = csi.controller.ValidateVolumeCapabilities(
+        pb.ValidateVolumeCapabilitiesRequest(
+            volume_id=volume.volume_id, volume_capabilities=[multi]
+        )
+    )
     assert not refused.HasField("confirmed")
     assert "not supported" in refused.message
 
@@ -125,8 +147,11 @@ def test_identity_answers_name_version_capabilities_and_ready(csi):
     services = {c.service.type for c in caps if c.HasField("service")}
     assert pb.PluginCapability.Service.CONTROLLER_SERVICE in services
     assert pb.PluginCapability.Service.VOLUME_ACCESSIBILITY_CONSTRAINTS in services
-    assert any(c.volume_expansion.type == pb.PluginCapability.VolumeExpansion.ONLINE
-               for c in caps if c.HasField("volume_expansion"))
+    assert any(
+        c.volume_expansion.type == pb.PluginCapability.VolumeExpansion.ONLINE
+        for c in caps
+        if c.HasField("volume_expansion")
+    )
     assert csi.identity.Probe(pb.ProbeRequest()).ready.value
 
 
@@ -134,11 +159,17 @@ def test_node_reports_its_id_topology_and_capabilities(csi):
     info = csi.node.NodeGetInfo(pb.NodeGetInfoRequest())
     assert info.node_id == "node-1"
     assert info.accessible_topology.segments == {"cryptvol.io/node": "node-1"}
-    caps = {c.rpc.type for c in csi.node.NodeGetCapabilities(
-        pb.NodeGetCapabilitiesRequest()).capabilities}
+    caps = {
+        c.rpc.type
+        for c in csi.node.NodeGetCapabilities(pb.NodeGetCapabilitiesRequest()).capabilities
+    }
     rpc = pb.NodeServiceCapability.RPC
-    assert caps == {rpc.STAGE_UNSTAGE_VOLUME, rpc.GET_VOLUME_STATS, rpc.EXPAND_VOLUME,
-                    rpc.VOLUME_CONDITION}
+    assert caps == {
+        rpc.STAGE_UNSTAGE_VOLUME,
+        rpc.GET_VOLUME_STATS,
+        rpc.EXPAND_VOLUME,
+        rpc.VOLUME_CONDITION,
+    }
 
 
 def test_volume_show_tells_the_luks_parameters_and_why(csi, driver):
@@ -148,15 +179,38 @@ def test_volume_show_tells_the_luks_parameters_and_why(csi, driver):
 
     volume = create(csi)
     shown = subprocess.run(
-        [sys.executable, "-m", "cryptvol", "volume", "show", volume.volume_id,
-         "--endpoint", driver.endpoint, "--json"],
-        capture_output=True, text=True, check=True)
+        [
+            sys.executable,
+            "-m",
+            "cryptvol",
+            "volume",
+            "show",
+            volume.volume_id,
+            "--endpoint",
+            driver.endpoint,
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     described = json.loads(shown.stdout)
     assert described["id"] == volume.volume_id
     assert described["pbkdf"] == "pbkdf2"
     assert "managed" in described["luks"]
     missing = subprocess.run(
-        [sys.executable, "-m", "cryptvol", "volume", "show", "cv-" + "0" * 32,
-         "--endpoint", driver.endpoint], capture_output=True, text=True)
+        [
+            sys.executable,
+            "-m",
+            "cryptvol",
+            "volume",
+            "show",
+            "cv-" + "0" * 32,
+            "--endpoint",
+            driver.endpoint,
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert missing.returncode != 0
     assert "NOT_FOUND" in missing.stderr

@@ -33,9 +33,22 @@ def test_a_stale_socket_from_a_crash_is_replaced(tmp_path):
 
 def test_a_live_socket_is_not_taken_over(driver):
     other = subprocess.run(
-        [sys.executable, "-m", "cryptvol", "serve", "--endpoint", driver.endpoint,
-         "--state-dir", str(driver.work / "state2"), "--pool-dir", str(driver.work / "pool2")],
-        capture_output=True, text=True, timeout=60)
+        [
+            sys.executable,
+            "-m",
+            "cryptvol",
+            "serve",
+            "--endpoint",
+            driver.endpoint,
+            "--state-dir",
+            str(driver.work / "state2"),
+            "--pool-dir",
+            str(driver.work / "pool2"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert other.returncode != 0
     assert "another driver is serving" in other.stderr
     driver.client.wait_ready(5)
@@ -43,12 +56,19 @@ def test_a_live_socket_is_not_taken_over(driver):
 
 def test_settings_come_from_environment_and_config_file(tmp_path):
     config = tmp_path / "cryptvol.toml"
-    config.write_text(f'[serve]\nnode_id = "from-file"\nstate_dir = "{tmp_path}/state"\n'
-                      f'pool_dir = "{tmp_path}/pool"\n')
-    env = dict(os.environ, CRYPTVOL_CONFIG=str(config),
-               CRYPTVOL_ENDPOINT=f"unix://{tmp_path}/env.sock")
-    proc = subprocess.Popen([sys.executable, "-m", "cryptvol", "serve"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    config.write_text(
+        f'[serve]\nnode_id = "from-file"\nstate_dir = "{tmp_path}/state"\n'
+        f'pool_dir = "{tmp_path}/pool"\n'
+    )
+    env = dict(
+        os.environ, CRYPTVOL_CONFIG=str(config), CRYPTVOL_ENDPOINT=f"unix://{tmp_path}/env.sock"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cryptvol", "serve"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     try:
         from cryptvol.csi.client import CsiClient
         from cryptvol.csi.gen import csi_pb2 as pb
@@ -65,8 +85,12 @@ def test_settings_come_from_environment_and_config_file(tmp_path):
 def test_a_config_file_cannot_carry_a_secret(tmp_path, line):
     config = tmp_path / "cryptvol.toml"
     config.write_text(f"[serve]\n{line}\n")
-    result = subprocess.run([sys.executable, "-m", "cryptvol", "serve", "--config", str(config)],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "cryptvol", "serve", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode != 0
     assert "unknown setting" in result.stderr
     assert "hunter2" not in result.stderr and "c2VjcmV0" not in result.stderr

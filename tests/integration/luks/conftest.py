@@ -11,8 +11,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[3]
 BUILD_SCRIPT = REPO / "scripts" / "build-cos-cryptsetup.sh"
-COS_PREFIX = Path(os.environ.get("CRYPTVOL_COS_CRYPTSETUP_PREFIX",
-                                 "/var/cache/cryptvol/cos-cryptsetup"))
+COS_PREFIX = Path(
+    os.environ.get("CRYPTVOL_COS_CRYPTSETUP_PREFIX", "/var/cache/cryptvol/cos-cryptsetup")
+)
 HEADER_BYTES = 16 * 1024 * 1024
 
 
@@ -21,8 +22,12 @@ def cos_sbin() -> Path:
     """cryptsetup 2.6.1 from Debian's source without argon2, built once and cached."""
     if os.geteuid() != 0:
         pytest.skip("building the COS-like cryptsetup installs build dependencies: needs root")
-    subprocess.run(["bash", str(BUILD_SCRIPT)], check=True, timeout=1800,
-                   env={**os.environ, "CRYPTVOL_COS_CRYPTSETUP_PREFIX": str(COS_PREFIX)})
+    subprocess.run(
+        ["bash", str(BUILD_SCRIPT)],
+        check=True,
+        timeout=1800,
+        env={**os.environ, "CRYPTVOL_COS_CRYPTSETUP_PREFIX": str(COS_PREFIX)},
+    )
     return COS_PREFIX / "sbin"
 
 

@@ -37,8 +37,9 @@ def test_a_passphrase_gets_argon2id_within_its_planned_memory(header: Path) -> N
 
 def test_cipher_key_size_hash_and_sector_size_reach_the_header(header: Path) -> None:
     """(serpent and twofish need dm-crypt to check the cipher: they are node tests.)"""
-    params = parse_luks_parameters({"cipher": "aes-xts-essiv:sha256", "keySize": "256",
-                                    "hash": "sha512", "sectorSize": "512"})
+    params = parse_luks_parameters(
+        {"cipher": "aes-xts-essiv:sha256", "keySize": "256", "hash": "sha512", "sectorSize": "512"}
+    )
     luks_plan = plan(params, "managed", probe_host())
     cryptsetup.format_device(str(header), MANAGED_KEY, luks_plan.format)
     meta = cryptsetup.dump_metadata(str(header))

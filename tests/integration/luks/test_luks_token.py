@@ -24,10 +24,12 @@ def _formatted(header: Path, params: dict[str, str]) -> tuple[str, object]:
 
 
 def test_the_header_explains_itself_to_plain_cryptsetup(header: Path) -> None:
-    device, _ = _formatted(header, {"pbkdf": "pbkdf2", "iterTime": "50",
-                                    "allowDiscards": "true"})
-    token_id = next(int(i) for i, t in cryptsetup.dump_metadata(device)["tokens"].items()
-                    if t["type"] == TOKEN_TYPE)
+    device, _ = _formatted(header, {"pbkdf": "pbkdf2", "iterTime": "50", "allowDiscards": "true"})
+    token_id = next(
+        int(i)
+        for i, t in cryptsetup.dump_metadata(device)["tokens"].items()
+        if t["type"] == TOKEN_TYPE
+    )
     exported = cryptsetup.token_export(device, token_id)
     assert exported is not None
     assert exported["type"] == TOKEN_TYPE
@@ -48,8 +50,7 @@ def test_the_token_holds_no_secret_and_unlocking_still_works(header: Path) -> No
 
 def test_writing_again_replaces_the_token(header: Path) -> None:
     device, _ = _formatted(header, {"pbkdf": "pbkdf2", "iterTime": "50"})
-    params = parse_luks_parameters({"pbkdf": "pbkdf2", "iterTime": "50",
-                                    "allowDiscards": "true"})
+    params = parse_luks_parameters({"pbkdf": "pbkdf2", "iterTime": "50", "allowDiscards": "true"})
     write_policy_token(device, params, plan(params, "passphrase", None))
     tokens = cryptsetup.dump_metadata(device)["tokens"]
     assert [t["type"] for t in tokens.values()] == [TOKEN_TYPE]
@@ -60,6 +61,7 @@ def test_writing_again_replaces_the_token(header: Path) -> None:
 
 
 def test_a_header_without_the_token_reads_as_none(header: Path) -> None:
-    cryptsetup.format_device(str(header), PASSPHRASE,
-                             plan(parse_luks_parameters({}), "managed", None).format)
+    cryptsetup.format_device(
+        str(header), PASSPHRASE, plan(parse_luks_parameters({}), "managed", None).format
+    )
     assert read_policy_token(str(header)) is None

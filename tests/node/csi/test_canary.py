@@ -16,8 +16,13 @@ from support.co import create_volume
 
 
 def _forms(secret: bytes) -> list[bytes]:
-    return [secret, secret.hex().encode(), secret.hex().upper().encode(),
-            base64.b64encode(secret), base64.urlsafe_b64encode(secret).rstrip(b"=")]
+    return [
+        secret,
+        secret.hex().encode(),
+        secret.hex().upper().encode(),
+        base64.b64encode(secret),
+        base64.urlsafe_b64encode(secret).rstrip(b"="),
+    ]
 
 
 def test_no_key_material_in_logs_errors_argv_or_environment(csi, driver, tmp_path):
@@ -31,14 +36,26 @@ def test_no_key_material_in_logs_errors_argv_or_environment(csi, driver, tmp_pat
         vol.expand(96 * 1024 * 1024)
         volumes.append(vol)
     bad_requests = [
-        lambda: csi.node.NodeStageVolume(pb.NodeStageVolumeRequest(
-            volume_id=volumes[0].volume_id, staging_target_path=str(tmp_path / "x" / "y"),
-            volume_capability=volumes[0].cap)),
-        lambda: csi.controller.CreateVolume(pb.CreateVolumeRequest(
-            name="bad", volume_capabilities=[volumes[0].cap], parameters={"keySize": "9"})),
-        lambda: csi.node.NodeStageVolume(pb.NodeStageVolumeRequest(
-            volume_id=volumes[0].volume_id, staging_target_path=str(volumes[1].staging),
-            volume_capability=volumes[1].cap, secrets={"passphrase": "should-not-matter"})),
+        lambda: csi.node.NodeStageVolume(
+            pb.NodeStageVolumeRequest(
+                volume_id=volumes[0].volume_id,
+                staging_target_path=str(tmp_path / "x" / "y"),
+                volume_capability=volumes[0].cap,
+            )
+        ),
+        lambda: csi.controller.CreateVolume(
+            pb.CreateVolumeRequest(
+                name="bad", volume_capabilities=[volumes[0].cap], parameters={"keySize": "9"}
+            )
+        ),
+        lambda: csi.node.NodeStageVolume(
+            pb.NodeStageVolumeRequest(
+                volume_id=volumes[0].volume_id,
+                staging_target_path=str(volumes[1].staging),
+                volume_capability=volumes[1].cap,
+                secrets={"passphrase": "should-not-matter"},
+            )
+        ),
     ]
     for call in bad_requests:
         try:

@@ -24,16 +24,27 @@ def _params(key_source: str, keyring: bool) -> dict[str, str]:
 
 def _new(csi, tmp_path, name, kind, key_source="managed", keyring=True, size=64 * MIB):
     secrets = SECRETS if key_source == "secret" else {}
-    return create_volume(csi, tmp_path, name, kind, size=size,
-                         parameters=_params(key_source, keyring), secrets=secrets)
+    return create_volume(
+        csi,
+        tmp_path,
+        name,
+        kind,
+        size=size,
+        parameters=_params(key_source, keyring),
+        secrets=secrets,
+    )
 
 
 def _key_in_table(vol) -> bool:
     name = vol.csi.controller.ListVolumes(pb.ListVolumesRequest())
-    mapping = next(e.volume.volume_context["mapping"] for e in name.entries
-                   if e.volume.volume_id == vol.volume_id)
-    table = subprocess.run(["dmsetup", "table", "--showkeys", mapping], capture_output=True,
-                           text=True, check=True).stdout
+    mapping = next(
+        e.volume.volume_context["mapping"]
+        for e in name.entries
+        if e.volume.volume_id == vol.volume_id
+    )
+    table = subprocess.run(
+        ["dmsetup", "table", "--showkeys", mapping], capture_output=True, text=True, check=True
+    ).stdout
     return ":logon:" not in table
 
 
@@ -71,8 +82,11 @@ def test_a_volume_expanded_while_unstaged_grows_at_its_next_stage(csi, tmp_path)
     before = vol.size_seen()
     vol.unpublish()
     vol.unstage()
-    csi.controller.ControllerExpandVolume(pb.ControllerExpandVolumeRequest(
-        volume_id=vol.volume_id, capacity_range=pb.CapacityRange(required_bytes=160 * MIB)))
+    csi.controller.ControllerExpandVolume(
+        pb.ControllerExpandVolumeRequest(
+            volume_id=vol.volume_id, capacity_range=pb.CapacityRange(required_bytes=160 * MIB)
+        )
+    )
     vol.stage()
     vol.publish()
     assert vol.size_seen() > before + 64 * MIB
@@ -88,12 +102,20 @@ def test_a_crash_between_resize_and_filesystem_grow_completes_on_retry(driver, t
     digest = vol.write()
     before = vol.size_seen()
     vol.csi = driver.restart(failpoints="expand:after-resize")
-    vol.csi.controller.ControllerExpandVolume(pb.ControllerExpandVolumeRequest(
-        volume_id=vol.volume_id, capacity_range=pb.CapacityRange(required_bytes=160 * MIB)))
+    vol.csi.controller.ControllerExpandVolume(
+        pb.ControllerExpandVolumeRequest(
+            volume_id=vol.volume_id, capacity_range=pb.CapacityRange(required_bytes=160 * MIB)
+        )
+    )
     with pytest.raises(grpc.RpcError) as info:
-        vol.csi.node.NodeExpandVolume(pb.NodeExpandVolumeRequest(
-            volume_id=vol.volume_id, volume_path=str(vol.target),
-            capacity_range=pb.CapacityRange(required_bytes=160 * MIB), secrets=SECRETS))
+        vol.csi.node.NodeExpandVolume(
+            pb.NodeExpandVolumeRequest(
+                volume_id=vol.volume_id,
+                volume_path=str(vol.target),
+                capacity_range=pb.CapacityRange(required_bytes=160 * MIB),
+                secrets=SECRETS,
+            )
+        )
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE
     driver.wait_killed()
     vol.csi = driver.restart()
@@ -106,38 +128,66 @@ def test_a_crash_between_resize_and_filesystem_grow_completes_on_retry(driver, t
 
 
 def _node_expand(vol, size, secrets):
-    return vol.csi.node.NodeExpandVolume(pb.NodeExpandVolumeRequest(
-        volume_id=vol.volume_id, volume_path=str(vol.target),
-        capacity_range=pb.CapacityRange(required_bytes=size), secrets=secrets))
+    return vol.csi.node.NodeExpandVolume(
+        pb.NodeExpandVolumeRequest(
+            volume_id=vol.volume_id,
+            volume_path=str(vol.target),
+            capacity_range=pb.CapacityRange(required_bytes=size),
+            secrets=secrets,
+        )
+    )
 
 
 def _controller_expand(vol, required, limit=0):
-    return vol.csi.controller.ControllerExpandVolume(pb.ControllerExpandVolumeRequest(
-        volume_id=vol.volume_id,
-        capacity_range=pb.CapacityRange(required_bytes=required, limit_bytes=limit)))
+    return vol.csi.controller.ControllerExpandVolume(
+        pb.ControllerExpandVolumeRequest(
+            volume_id=vol.volume_id,
+            capacity_range=pb.CapacityRange(required_bytes=required, limit_bytes=limit),
+        )
+    )
 
 
 BAD_EXPANSIONS = [
-    ("no node-expand secret", lambda v: (_controller_expand(v, 128 * MIB),
-                                         _node_expand(v, 128 * MIB, {})),
-     grpc.StatusCode.INVALID_ARGUMENT, "node-expand-secret-name"),
-    ("secret without the configured key", lambda v: (_controller_expand(v, 128 * MIB),
-                                                     _node_expand(v, 128 * MIB, {"pw": "x"})),
-     grpc.StatusCode.INVALID_ARGUMENT, "no key 'passphrase'"),
-    ("wrong passphrase", lambda v: (_controller_expand(v, 128 * MIB),
-                                    _node_expand(v, 128 * MIB, {"passphrase": "wrong"})),
-     grpc.StatusCode.INVALID_ARGUMENT, "does not unlock"),
-    ("limit below the current size", lambda v: _controller_expand(v, 0, 32 * MIB),
-     grpc.StatusCode.OUT_OF_RANGE, "below the volume's current size"),
-    ("size beyond the pool", lambda v: _controller_expand(v, 1 << 50),
-     grpc.StatusCode.RESOURCE_EXHAUSTED, "free"),
+    (
+        "no node-expand secret",
+        lambda v: (_controller_expand(v, 128 * MIB), _node_expand(v, 128 * MIB, {})),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "node-expand-secret-name",
+    ),
+    (
+        "secret without the configured key",
+        lambda v: (_controller_expand(v, 128 * MIB), _node_expand(v, 128 * MIB, {"pw": "x"})),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "no key 'passphrase'",
+    ),
+    (
+        "wrong passphrase",
+        lambda v: (
+            _controller_expand(v, 128 * MIB),
+            _node_expand(v, 128 * MIB, {"passphrase": "wrong"}),
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "does not unlock",
+    ),
+    (
+        "limit below the current size",
+        lambda v: _controller_expand(v, 0, 32 * MIB),
+        grpc.StatusCode.OUT_OF_RANGE,
+        "below the volume's current size",
+    ),
+    (
+        "size beyond the pool",
+        lambda v: _controller_expand(v, 1 << 50),
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "free",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("attempt", "code", "says"), [c[1:] for c in BAD_EXPANSIONS],
-                         ids=[c[0] for c in BAD_EXPANSIONS])
-def test_bad_expansions_are_refused_and_the_volume_still_works(csi, tmp_path, attempt, code,
-                                                               says):
+@pytest.mark.parametrize(
+    ("attempt", "code", "says"), [c[1:] for c in BAD_EXPANSIONS], ids=[c[0] for c in BAD_EXPANSIONS]
+)
+def test_bad_expansions_are_refused_and_the_volume_still_works(csi, tmp_path, attempt, code, says):
     vol = _new(csi, tmp_path, "bad-grow-" + str(abs(hash(says)) % 10_000), "ext4", "secret")
     vol.stage()
     vol.publish()

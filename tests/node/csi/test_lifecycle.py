@@ -50,9 +50,12 @@ def test_a_read_only_publish_refuses_writes(csi, tmp_path):
 def test_the_luks_header_uses_managed_pbkdf2_at_minimum_cost(csi, driver, tmp_path):
     vol = create_volume(csi, tmp_path, "hdr", "ext4")
     vol.stage()
-    dump = subprocess.run(["cryptsetup", "luksDump", str(driver.pool_dir /
-                                                           f"{vol.volume_id}.img")],
-                          capture_output=True, text=True, check=True).stdout
+    dump = subprocess.run(
+        ["cryptsetup", "luksDump", str(driver.pool_dir / f"{vol.volume_id}.img")],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert "aes-xts-plain64" in dump
     assert "pbkdf2" in dump
     assert "512 bits" in dump
@@ -67,15 +70,17 @@ def test_stats_report_usage_and_an_abnormal_condition_when_the_mount_is_gone(csi
     vol.stage()
     vol.publish()
     vol.write()
-    stats = csi.node.NodeGetVolumeStats(pb.NodeGetVolumeStatsRequest(
-        volume_id=vol.volume_id, volume_path=str(vol.target)))
+    stats = csi.node.NodeGetVolumeStats(
+        pb.NodeGetVolumeStatsRequest(volume_id=vol.volume_id, volume_path=str(vol.target))
+    )
     units = {u.unit: u for u in stats.usage}
     assert units[pb.VolumeUsage.BYTES].used >= 2 * MIB
     assert units[pb.VolumeUsage.INODES].total > 0
     assert not stats.volume_condition.abnormal
     subprocess.run(["umount", str(vol.target)], check=True)
-    stats = csi.node.NodeGetVolumeStats(pb.NodeGetVolumeStatsRequest(
-        volume_id=vol.volume_id, volume_path=str(vol.target)))
+    stats = csi.node.NodeGetVolumeStats(
+        pb.NodeGetVolumeStatsRequest(volume_id=vol.volume_id, volume_path=str(vol.target))
+    )
     assert stats.volume_condition.abnormal
     vol.unpublish()
     vol.unstage()

@@ -14,15 +14,26 @@ def test_every_node_rpc_called_twice_gives_the_same_answer(csi, tmp_path):
     calls = [
         lambda: csi.node.NodeStageVolume(vol.stage_request()),
         lambda: csi.node.NodePublishVolume(vol.publish_request()),
-        lambda: csi.node.NodeGetVolumeStats(pb.NodeGetVolumeStatsRequest(
-            volume_id=vol.volume_id, volume_path=str(vol.target))).volume_condition,
-        lambda: csi.node.NodeExpandVolume(pb.NodeExpandVolumeRequest(
-            volume_id=vol.volume_id, volume_path=str(vol.target),
-            capacity_range=pb.CapacityRange(required_bytes=64 * MIB))),
-        lambda: csi.node.NodeUnpublishVolume(pb.NodeUnpublishVolumeRequest(
-            volume_id=vol.volume_id, target_path=str(vol.target))),
-        lambda: csi.node.NodeUnstageVolume(pb.NodeUnstageVolumeRequest(
-            volume_id=vol.volume_id, staging_target_path=str(vol.staging))),
+        lambda: (
+            csi.node.NodeGetVolumeStats(
+                pb.NodeGetVolumeStatsRequest(volume_id=vol.volume_id, volume_path=str(vol.target))
+            ).volume_condition
+        ),
+        lambda: csi.node.NodeExpandVolume(
+            pb.NodeExpandVolumeRequest(
+                volume_id=vol.volume_id,
+                volume_path=str(vol.target),
+                capacity_range=pb.CapacityRange(required_bytes=64 * MIB),
+            )
+        ),
+        lambda: csi.node.NodeUnpublishVolume(
+            pb.NodeUnpublishVolumeRequest(volume_id=vol.volume_id, target_path=str(vol.target))
+        ),
+        lambda: csi.node.NodeUnstageVolume(
+            pb.NodeUnstageVolumeRequest(
+                volume_id=vol.volume_id, staging_target_path=str(vol.staging)
+            )
+        ),
         lambda: csi.controller.DeleteVolume(pb.DeleteVolumeRequest(volume_id=vol.volume_id)),
     ]
     vol.staging.mkdir()
@@ -59,8 +70,7 @@ def test_two_concurrent_operations_on_one_volume_one_is_aborted(csi, tmp_path):
     vol.unstage()
 
 
-@pytest.mark.parametrize("point", ["stage:after-format", "stage:after-open",
-                                   "stage:after-mkfs"])
+@pytest.mark.parametrize("point", ["stage:after-format", "stage:after-open", "stage:after-mkfs"])
 def test_a_driver_killed_mid_stage_converges_on_retry(driver, tmp_path, point):
     csi = driver.client
     vol = create_volume(csi, tmp_path, "crash-" + point.replace(":", "-"), "ext4")

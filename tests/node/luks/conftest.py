@@ -12,8 +12,9 @@ from cryptvol.luks import cryptsetup
 from cryptvol.luks.probe import HostProbe, probe_host
 from cryptvol.system import run
 
-COS_PREFIX = Path(os.environ.get("CRYPTVOL_COS_CRYPTSETUP_PREFIX",
-                                 "/var/cache/cryptvol/cos-cryptsetup"))
+COS_PREFIX = Path(
+    os.environ.get("CRYPTVOL_COS_CRYPTSETUP_PREFIX", "/var/cache/cryptvol/cos-cryptsetup")
+)
 DEVICE_BYTES = 64 * 1024 * 1024
 
 pytestmark = pytest.mark.node
@@ -36,10 +37,12 @@ def loop_device(tmp_path: Path) -> Iterator[str]:
 
 def _mappings_on(device: str) -> list[str]:
     result = run(["dmsetup", "ls", "--target", "crypt"], check=False)
-    names = [line.split()[0] for line in result.stdout.splitlines()
-             if line.strip() and not line.startswith("No devices")]
-    return [n for n in names
-            if (s := cryptsetup.status(n)) is not None and s.device == device]
+    names = [
+        line.split()[0]
+        for line in result.stdout.splitlines()
+        if line.strip() and not line.startswith("No devices")
+    ]
+    return [n for n in names if (s := cryptsetup.status(n)) is not None and s.device == device]
 
 
 @pytest.fixture(scope="session")
@@ -53,8 +56,10 @@ def cos_sbin() -> Path:
     """The COS-like cryptsetup (no argon2). The VM mounts the host's root read-only, so
     the host builds it first: scripts/build-cos-cryptsetup.sh."""
     if not (COS_PREFIX / ".cryptvol-built").exists():
-        why = (f"no COS-like cryptsetup at {COS_PREFIX}: run "
-               "scripts/build-cos-cryptsetup.sh on the host before the node suite")
+        why = (
+            f"no COS-like cryptsetup at {COS_PREFIX}: run "
+            "scripts/build-cos-cryptsetup.sh on the host before the node suite"
+        )
         if os.environ.get("CI"):
             pytest.fail(why)  # CI runs scripts/test.sh, which builds it: never skip there
         pytest.skip(why)

@@ -20,8 +20,7 @@ NAME = "cryptvol-luks-cos-test"
 def test_argon2id_with_fallback_stages_on_cos(cos_host: HostProbe, loop_device: str) -> None:
     host = cos_host
     assert not host.argon2 and host.dm_crypt
-    params = parse_luks_parameters({"pbkdf": "argon2id", "iterTime": "50",
-                                    "allowDiscards": "true"})
+    params = parse_luks_parameters({"pbkdf": "argon2id", "iterTime": "50", "allowDiscards": "true"})
     luks_plan = plan(params, "passphrase", host)
     cryptsetup.format_device(loop_device, PASSPHRASE, luks_plan.format)
     write_policy_token(loop_device, params, luks_plan, host)
@@ -33,9 +32,7 @@ def test_argon2id_with_fallback_stages_on_cos(cos_host: HostProbe, loop_device: 
     assert "fell back to pbkdf2" in recorded.describe()
 
 
-def test_argon2id_without_fallback_is_refused_on_cos(
-    cos_host: HostProbe, loop_device: str
-) -> None:
+def test_argon2id_without_fallback_is_refused_on_cos(cos_host: HostProbe, loop_device: str) -> None:
     params = parse_luks_parameters({"pbkdf": "argon2id", "pbkdfFallback": "false"})
     with pytest.raises(FailedPrecondition):
         plan(params, "passphrase", cos_host)

@@ -31,9 +31,11 @@ def _stage(host: HostProbe, device: str, params: dict[str, str]) -> tuple[str, s
 
 
 def test_perf_flags_and_discards_reach_the_dm_table(node_host: HostProbe, loop_device: str) -> None:
-    table, status = _stage(node_host, loop_device, {"perfNoReadWorkqueue": "true",
-                                         "perfNoWriteWorkqueue": "true",
-                                         "allowDiscards": "true"})
+    table, status = _stage(
+        node_host,
+        loop_device,
+        {"perfNoReadWorkqueue": "true", "perfNoWriteWorkqueue": "true", "allowDiscards": "true"},
+    )
     for flag in ("allow_discards", "no_read_workqueue", "no_write_workqueue"):
         assert flag in table
     flags_line = next(ln for ln in status.splitlines() if ln.strip().startswith("flags:"))

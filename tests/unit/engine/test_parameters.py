@@ -11,8 +11,9 @@ def test_defaults_are_ext4_and_managed_keys():
 
 
 def test_claim_metadata_from_the_provisioner_is_accepted_and_not_kept():
-    params = parse_parameters({"csi.storage.k8s.io/pvc/name": "data",
-                               "csi.storage.k8s.io/pv/name": "pv-1"})
+    params = parse_parameters(
+        {"csi.storage.k8s.io/pvc/name": "data", "csi.storage.k8s.io/pv/name": "pv-1"}
+    )
     assert params.raw == {}
 
 

@@ -87,3 +87,68 @@ def test_no_key_bytes_in_errors_or_logs(tmp_path: Path, caplog: pytest.LogCaptur
     for secret in [*deks.values(), *keks]:
         for form in encodings(secret):
             assert form not in haystack
+
+
+def test_no_key_bytes_in_rotation_backup_status_or_reports(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from click.testing import CliRunner
+
+    from cryptvol.cli.keys import keys_group
+    from cryptvol.keys import backup
+    from cryptvol.keys.config import KeysConfig, open_keys
+    from cryptvol.keys.kek_rootkey import RootKeyProvider
+    from cryptvol.keys.manager import load_key_set
+    from cryptvol.keys.replica import Replica
+    from cryptvol.keys.rotation import Rotation
+    from cryptvol.system.secret import Secret
+
+    monkeypatch.setattr(backup, "_SCRYPT", {"n": 2**12, "r": 8, "p": 1})
+    caplog.set_level(logging.DEBUG)
+    texts: list[str] = []
+    root_key = tmp_path / "root.key"
+    config = KeysConfig(state_dir=tmp_path, root_key=root_key)
+    store, km = open_keys(config)
+    deks = [km.create_dek(f"pvc-{i}").reveal() for i in range(5)]
+    rotation = Rotation(store, km.provider)
+    replica = Replica(km, "r1", count_interval=1, interval=0.05).start()
+
+    def expect_failure(action: Callable[[], object]) -> None:
+        with pytest.raises(CryptvolError) as info:
+            action()
+        texts.extend([str(info.value), "".join(traceback.format_exception(info.value))])
+
+    def cli(*args: str) -> None:
+        args = (*args, "--state-dir", str(tmp_path), "--root-key", str(root_key))
+        texts.append(CliRunner().invoke(keys_group, list(args)).output)
+
+    keks: list[bytes] = []
+    for step in (rotation.prepare, rotation.rotate, rotation.reencrypt):
+        keks += [k.key.reveal() for k in load_key_set(store, km.provider).keks.values()]
+        texts.append(json.dumps(replica.status()))
+        cli("status")
+        cli("status", "--json")
+        step(wait=10)  # type: ignore[operator]
+    pass_file = tmp_path / "pass"
+    pass_file.write_text("a long enough passphrase")
+    cli("export", "--out", str(tmp_path / "b.json"), "--passphrase-file", str(pass_file))
+    blob = (tmp_path / "b.json").read_bytes()
+    expect_failure(lambda: backup.import_keys(store, km.provider, blob, Secret(b"x" * 20)))
+    root = json.loads(root_key.read_text())["key"]
+    keks.append(base64.b64decode(root))
+    root_key.write_text(json.dumps({"v": 1, "key": base64.b64encode(os.urandom(32)).decode()}))
+    keks.append(base64.b64decode(json.loads(root_key.read_text())["key"]))
+    expect_failure(lambda: load_key_set(store, RootKeyProvider(root_key)))
+    replica.stop()
+    replica.manager.provider = RootKeyProvider(root_key)
+    expect_failure(replica.manager.reload)
+    replica.tick()
+    texts.append(json.dumps(replica.status()))
+    cli("status", "--json")
+    store.close()
+
+    texts.extend(r.getMessage() for r in caplog.records)
+    haystack = "\n".join(texts).encode()
+    for secret in [*deks, *keks]:
+        for form in encodings(secret):
+            assert form not in haystack

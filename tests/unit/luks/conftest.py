@@ -14,18 +14,26 @@ _NO_ARGON2 = "Not compatible PBKDF options."
 
 
 def host_probe(
-    *, argon2: bool = True, fips: bool = False, luks2: bool = True, keyring: bool = True,
-    workqueue_flags: bool = True, memory_kib: int = 16 * 1024 * 1024, **extra: Any,
+    *,
+    argon2: bool = True,
+    fips: bool = False,
+    luks2: bool = True,
+    keyring: bool = True,
+    workqueue_flags: bool = True,
+    memory_kib: int = 16 * 1024 * 1024,
+    **extra: Any,
 ) -> HostProbe:
     """A probe like the ones real hosts give: a stock Debian node by default; argon2=False
     is Google's COS; fips=True a FIPS-mode node (argon2 refused)."""
     has_argon2 = argon2 and not fips
     pbkdfs = (
         PbkdfCheck(name="pbkdf2", available=luks2),
-        PbkdfCheck(name="argon2i", available=has_argon2 and luks2,
-                   detail="" if has_argon2 else _NO_ARGON2),
-        PbkdfCheck(name="argon2id", available=has_argon2 and luks2,
-                   detail="" if has_argon2 else _NO_ARGON2),
+        PbkdfCheck(
+            name="argon2i", available=has_argon2 and luks2, detail="" if has_argon2 else _NO_ARGON2
+        ),
+        PbkdfCheck(
+            name="argon2id", available=has_argon2 and luks2, detail="" if has_argon2 else _NO_ARGON2
+        ),
     )
     perf: tuple[str, ...] = ("allow_discards", "same_cpu_crypt", "submit_from_crypt_cpus")
     if workqueue_flags:
@@ -44,7 +52,8 @@ def host_probe(
         "perf_flags": perf,
         "perf_flags_detail": "crypt target v1.24.0" if workqueue_flags else "crypt target v1.19.0",
         "keyring": keyring,
-        "keyring_detail": "kernel keyring accepts logon keys" if keyring
+        "keyring_detail": "kernel keyring accepts logon keys"
+        if keyring
         else "add_key refused: Operation not permitted",
         "memory_total_kib": memory_kib,
         "memory_available_kib": memory_kib // 2,

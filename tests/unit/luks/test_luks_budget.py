@@ -31,8 +31,10 @@ def test_a_reservation_that_fits_is_granted_and_given_back() -> None:
 def test_more_than_the_whole_budget_fails_at_once() -> None:
     budget = MemoryBudget(1000)
     started = time.monotonic()
-    with (pytest.raises(ResourceExhausted, match="more than the node's whole unlock budget"),
-          budget.reserve(1001, timeout=30)):
+    with (
+        pytest.raises(ResourceExhausted, match="more than the node's whole unlock budget"),
+        budget.reserve(1001, timeout=30),
+    ):
         pass
     assert time.monotonic() - started < 0.5
 
@@ -41,8 +43,10 @@ def test_a_wait_that_runs_out_raises_resource_exhausted() -> None:
     budget = MemoryBudget(1000)
     with budget.reserve(800, timeout=1):
         started = time.monotonic()
-        with (pytest.raises(ResourceExhausted) as err,
-              budget.reserve(300, timeout=0.2, what="NodeStage of vol-1")):
+        with (
+            pytest.raises(ResourceExhausted) as err,
+            budget.reserve(300, timeout=0.2, what="NodeStage of vol-1"),
+        ):
             pass
         waited = time.monotonic() - started
     assert 0.2 <= waited < 1.0

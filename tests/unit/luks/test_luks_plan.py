@@ -53,8 +53,9 @@ def test_managed_plan_says_passphrase_tuning_does_not_apply(make_host: MakeHost)
 def test_passphrase_keeps_the_memory_hard_pbkdf_where_the_host_has_it(
     make_host: MakeHost, pbkdf: str
 ) -> None:
-    params = parse_luks_parameters({"pbkdf": pbkdf, "pbkdfMemory": "32768",
-                                    "pbkdfParallel": "2", "iterTime": "500"})
+    params = parse_luks_parameters(
+        {"pbkdf": pbkdf, "pbkdfMemory": "32768", "pbkdfParallel": "2", "iterTime": "500"}
+    )
     p = plan(params, "passphrase", make_host())
     assert (p.format.pbkdf, p.format.pbkdf_memory_kib) == (pbkdf, 32768)
     assert (p.format.pbkdf_parallel, p.format.iter_time_ms) == (2, 500)
@@ -149,14 +150,24 @@ def test_asked_argon2_memory_above_the_budget_is_refused(make_host: MakeHost) ->
 
 
 def test_open_options_follow_the_storage_class(make_host: MakeHost) -> None:
-    params = parse_luks_parameters({"perfNoReadWorkqueue": "true", "perfNoWriteWorkqueue": "true",
-                                    "allowDiscards": "true", "volumeKeyInKeyring": "false"})
+    params = parse_luks_parameters(
+        {
+            "perfNoReadWorkqueue": "true",
+            "perfNoWriteWorkqueue": "true",
+            "allowDiscards": "true",
+            "volumeKeyInKeyring": "false",
+        }
+    )
     opened = plan(params, "managed", make_host()).open
     assert opened.perf_no_read_workqueue and opened.perf_no_write_workqueue
     assert opened.allow_discards
     assert opened.disable_keyring
-    assert opened.argv() == ["--allow-discards", "--perf-no_read_workqueue",
-                             "--perf-no_write_workqueue", "--disable-keyring"]
+    assert opened.argv() == [
+        "--allow-discards",
+        "--perf-no_read_workqueue",
+        "--perf-no_write_workqueue",
+        "--disable-keyring",
+    ]
 
 
 def test_keyring_is_the_default_where_the_kernel_allows_it(make_host: MakeHost) -> None:

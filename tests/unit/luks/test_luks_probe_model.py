@@ -33,8 +33,9 @@ def test_doctor_reports_argon2_unavailable_with_what_to_do(make_host: MakeHost) 
 
 
 def test_doctor_is_content_on_a_stock_node(make_host: MakeHost) -> None:
-    found = checks(make_host(crypto_aes_drivers=("aesni_intel",),
-                             crypto_accelerated=("aesni_intel",)))
+    found = checks(
+        make_host(crypto_aes_drivers=("aesni_intel",), crypto_accelerated=("aesni_intel",))
+    )
     assert [c.name for c in found if c.verdict != "ok"] == []
 
 

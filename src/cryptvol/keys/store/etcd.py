@@ -90,10 +90,13 @@ class EtcdStore:
     def _clients(self) -> list[Etcd3Client]:
         clients: list[Etcd3Client] | None = getattr(self._local, "clients", None)
         if clients is None:
-            clients = [
-                Etcd3Client(host=h, port=p, timeout=self.timeout, api_path=_API_PATH)
-                for h, p in self.endpoints
-            ]
+            clients = []
+            for host, port in self.endpoints:
+                client = Etcd3Client(host=host, port=port, timeout=self.timeout, api_path=_API_PATH)
+                # etcd is reached directly: no proxy or netrc lookups from the environment,
+                # which also cost a scan of os.environ on every request.
+                client.session.trust_env = False
+                clients.append(client)
             self._local.clients = clients
         return clients
 

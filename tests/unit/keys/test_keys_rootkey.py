@@ -1,0 +1,82 @@
+"""The root-key KEK provider: KEKs sealed under a 0600 root key, kept in the key-set record."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from cryptvol.errors import FailedPrecondition
+from cryptvol.keys.kek_rootkey import RootKeyProvider, make_root_key
+from cryptvol.keys.keyset import KEYSET_KEY
+from cryptvol.keys.manager import KeyManager
+from cryptvol.keys.store.sqlite import SqliteStore
+
+
+def test_a_kek_sealed_under_the_root_key_opens_again(tmp_path: Path) -> None:
+    provider = RootKeyProvider(tmp_path / "root.key")
+    kek, ref = provider.create("kek-1")
+    assert stat.S_IMODE((tmp_path / "root.key").stat().st_mode) == 0o600
+    assert ref.startswith("rootkey:v1:")
+    assert RootKeyProvider(tmp_path / "root.key").open("kek-1", ref, 0).key == kek.key
+
+
+def test_a_sealed_kek_does_not_open_under_another_id(tmp_path: Path) -> None:
+    provider = RootKeyProvider(tmp_path / "root.key")
+    _, ref = provider.create("kek-1")
+    with pytest.raises(FailedPrecondition, match="record was altered"):
+        provider.open("kek-2", ref, 0)
+
+
+def test_another_root_key_is_named_by_fingerprint(tmp_path: Path) -> None:
+    _, ref = RootKeyProvider(tmp_path / "a.key").create("kek-1")
+    make_root_key(tmp_path / "b.key")
+    with pytest.raises(FailedPrecondition, match="sealed by the root key with fingerprint"):
+        RootKeyProvider(tmp_path / "b.key").open("kek-1", ref, 0)
+
+
+def test_a_missing_root_key_is_refused_never_remade(tmp_path: Path) -> None:
+    provider = RootKeyProvider(tmp_path / "root.key")
+    _, ref = provider.create("kek-1")
+    (tmp_path / "root.key").unlink()
+    with pytest.raises(FailedPrecondition, match=r"root key file .* is missing"):
+        provider.open("kek-1", ref, 0)
+    assert not (tmp_path / "root.key").exists()
+
+
+def test_make_root_key_never_overwrites(tmp_path: Path) -> None:
+    make_root_key(tmp_path / "root.key")
+    before = (tmp_path / "root.key").read_bytes()
+    with pytest.raises(FailedPrecondition, match="never overwrites"):
+        make_root_key(tmp_path / "root.key")
+    assert (tmp_path / "root.key").read_bytes() == before
+
+
+@pytest.mark.parametrize("content", [b"", b"{}", b'{"v":1,"key":"AAAA"}'])
+def test_a_corrupt_root_key_is_refused(tmp_path: Path, content: bytes) -> None:
+    provider = RootKeyProvider(tmp_path / "root.key")
+    _, ref = provider.create("kek-1")
+    (tmp_path / "root.key").write_bytes(content)
+    with pytest.raises(FailedPrecondition, match="is corrupt"):
+        provider.open("kek-1", ref, 0)
+
+
+def test_a_root_key_readable_by_others_is_refused(tmp_path: Path) -> None:
+    make_root_key(tmp_path / "root.key")
+    os.chmod(tmp_path / "root.key", 0o640)
+    with pytest.raises(FailedPrecondition, match="mode 0640"):
+        RootKeyProvider(tmp_path / "root.key").create("kek-1")
+
+
+def test_with_sqlite_the_kek_set_lives_sealed_in_the_store(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "db")
+    km = KeyManager(store, RootKeyProvider(tmp_path / "root.key"))
+    dek = km.create_dek("pvc-1")
+    record = json.loads(store.get(KEYSET_KEY).value)  # type: ignore[union-attr]
+    assert record["keks"][0]["ref"].startswith("rootkey:v1:")
+    again = KeyManager(store, RootKeyProvider(tmp_path / "root.key"))
+    assert again.get_dek("pvc-1") == dek
+    assert not list(tmp_path.glob("kek.json"))
