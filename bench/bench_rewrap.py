@@ -55,21 +55,38 @@ def seed(store: Store, provider: KekProvider, n: int, batch: int) -> float:
     return time.perf_counter() - started
 
 
+def proc_cpu(pid: int | None) -> float:
+    """CPU seconds (user + system) a process has used so far; 0 without a pid."""
+    if pid is None:
+        return 0.0
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def bench(
-    name: str, store: Store, provider: KekProvider, n: int, cli_args: list[str], batch: int
+    name: str,
+    store: Store,
+    provider: KekProvider,
+    n: int,
+    cli_args: list[str],
+    batch: int,
+    server_pid: int | None = None,
 ) -> None:
     print(f"== {name}: {n} DEKs")
     print(f"seeding:            {seed(store, provider, n, batch):7.2f} s")
     rotation = Rotation(store, provider)
     rotation.prepare(wait=0)
     rotation.rotate(wait=0)
-    started = time.perf_counter()
+    started, cpu, server = time.perf_counter(), time.process_time(), proc_cpu(server_pid)
     state = rotation.reencrypt(wait=0)
     spent = time.perf_counter() - started
+    cpu = time.process_time() - cpu
+    server = proc_cpu(server_pid) - server
     print(
         f"re-wrap (reencrypt): {spent:7.2f} s  ({state.rewrapped / spent:,.0f} DEKs/s,"
         f" {state.rewrapped} re-wrapped)"
     )
+    print(f"  CPU used: cryptvol {cpu:.2f} s" + (f", etcd {server:.2f} s" if server_pid else ""))
     times = []
     for _ in range(20):
         t = time.perf_counter()
@@ -82,8 +99,10 @@ def bench(
         t = time.perf_counter()
         subprocess.run(
             [sys.executable, "-m", "cryptvol.cli.keys", "status", *cli_args],
-            check=True, capture_output=True, env=env,
-        )  # fmt: skip
+            check=True,
+            capture_output=True,
+            env=env,
+        )
         cli.append(time.perf_counter() - t)
     print(
         f"status CLI process: {statistics.median(cli) * 1000:7.1f} ms median of 5"
@@ -119,6 +138,7 @@ def main() -> None:
                 make_root_key(root_key)
                 store = EtcdStore(cluster.endpoints)
                 cli_args = ["--etcd-endpoints", cluster.endpoints, "--root-key", str(root_key)]
+                pid = cluster.members[0].proc.pid if cluster.members[0].proc else None
                 bench(
                     "etcd (1 member, loopback)",
                     store,
@@ -126,6 +146,7 @@ def main() -> None:
                     args.deks,
                     cli_args,
                     128,
+                    server_pid=pid,
                 )
                 store.close()
             finally:

@@ -18,6 +18,7 @@ which runs the whole PBKDF and stops before creating a mapping.
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import statistics
 import sys
@@ -38,6 +39,14 @@ from cryptvol.system.secret import Secret
 HEADER_BYTES = 16 * 1024 * 1024
 MANAGED_KEY = Secret(bytes(range(32)))
 PASSPHRASE = Secret(b"correct horse battery staple")
+
+
+def _ours(status: str) -> list[str]:
+    """The lines of a /proc status, if the process is a child of this one (other work on
+    the machine may run cryptsetup too); else none."""
+    lines = status.splitlines()
+    ppid = next((ln.split()[1] for ln in lines if ln.startswith("PPid:")), "")
+    return lines if ppid == str(os.getpid()) else []
 
 
 @dataclass
@@ -98,7 +107,7 @@ class RssSampler:
                 try:
                     if (entry / "comm").read_text().strip() != "cryptsetup":
                         continue
-                    for line in (entry / "status").read_text().splitlines():
+                    for line in _ours((entry / "status").read_text()):
                         if line.startswith("VmRSS:"):
                             total += int(line.split()[1])
                             count += 1

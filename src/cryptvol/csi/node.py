@@ -66,12 +66,12 @@ class NodeServicer(csi_pb2_grpc.NodeServicer):  # type: ignore[misc]
         volume_id = convert.require(request.volume_id, "volume_id")
         path = convert.require(request.volume_path, "volume_path")
         stats = self.engine.stats(volume_id, path)
-        usage = [csi_pb2.VolumeUsage(unit=_Unit.BYTES, total=stats.total_bytes,
-                                     used=stats.used_bytes, available=stats.available_bytes)]
+        u = stats.usage
+        usage = [csi_pb2.VolumeUsage(unit=_Unit.BYTES, total=u.total_bytes, used=u.used_bytes,
+                                     available=u.available_bytes)]
         if not stats.block:
-            usage.append(csi_pb2.VolumeUsage(unit=_Unit.INODES, total=stats.total_inodes,
-                                             used=stats.used_inodes,
-                                             available=stats.available_inodes))
+            usage.append(csi_pb2.VolumeUsage(unit=_Unit.INODES, total=u.total_inodes,
+                                             used=u.used_inodes, available=u.available_inodes))
         return csi_pb2.NodeGetVolumeStatsResponse(
             usage=usage,
             volume_condition=csi_pb2.VolumeCondition(abnormal=stats.abnormal,

@@ -6,7 +6,7 @@ cut short by a crash finishes when the container orchestrator retries it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from cryptvol import TOPOLOGY_KEY
@@ -31,6 +31,7 @@ from cryptvol.errors import (
 from cryptvol.keys.manager import KeyManager
 from cryptvol.luks.cryptsetup import mapping_name
 from cryptvol.luks.policy import LuksPlan, plan
+from cryptvol.luks.probe import HostProbe
 from cryptvol.system import failpoints
 
 
@@ -62,7 +63,9 @@ class ControllerEngine:
         backend: Backend,
         node_id: str,
         locks: OperationLocks,
+        host: Callable[[], HostProbe] | None = None,
     ) -> None:
+        self.host = host
         self.volumes = volumes
         self.keys = keys
         self.backend = backend
@@ -85,8 +88,10 @@ class ControllerEngine:
                 "in the provisioner secret (csi.storage.k8s.io/provisioner-secret-name and "
                 "-namespace in the StorageClass)"
             )
+        # Planned against this host's cryptsetup before anything is written, so a volume
+        # that cannot work here (pbkdfFallback false, no argon2) is refused now.
         luks_plan = plan(params.luks, "managed" if params.key_source == "managed" else
-                         "passphrase")
+                         "passphrase", self.host() if self.host else None)
         volume_id = volume_id_for(req.name)
         with self.locks.hold(volume_id, "CreateVolume"):
             existing = self.volumes.get(volume_id)

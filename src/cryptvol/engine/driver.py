@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -12,7 +13,11 @@ from cryptvol.engine.controller import ControllerEngine
 from cryptvol.engine.locks import OperationLocks
 from cryptvol.engine.node import NodeEngine
 from cryptvol.engine.records import VolumeRepository
+from cryptvol.errors import CryptvolError, Unavailable
 from cryptvol.keys.manager import open_local
+from cryptvol.keys.store.base import Put
+from cryptvol.luks.budget import MemoryBudget
+from cryptvol.luks.probe import HostProbe, probe_host
 
 log = logging.getLogger(__name__)
 Role = Literal["all", "controller", "node"]
@@ -36,13 +41,43 @@ class Driver:
         # One lock table for both services: a node and a controller operation on the same
         # volume in this process must not interleave either.
         self.locks = OperationLocks()
+        self._host: HostProbe | None = None
+        self._probe_error = ""
         self.controller = ControllerEngine(
-            self.volumes, self.keys, self.backend, settings.node_id, self.locks
+            self.volumes, self.keys, self.backend, settings.node_id, self.locks, self.host
         )
+        self.budget: MemoryBudget | None = None
         self.node = NodeEngine(
             self.volumes, self.keys, self.backend, settings.node_id, self.locks
         )
-        self._host_probed = True
+        # The probe runs cryptsetup a few times; the socket comes up meanwhile and Probe
+        # answers not-ready until it is done.
+        self._probed = threading.Event()
+        threading.Thread(target=self._probe, name="host-probe", daemon=True).start()
+
+    def _probe(self) -> None:
+        try:
+            host = probe_host()
+            self.store.txn([], [Put(f"/cryptvol/nodes/{self.settings.node_id}/probe",
+                                    host.to_json().encode())])
+            self.budget = MemoryBudget.for_host(host)
+            self.node.budget = self.budget
+            self._host = host
+            log.info("host probed", extra={"cryptsetup": host.cryptsetup_version,
+                                           "argon2": host.argon2, "dm_crypt": host.dm_crypt})
+        except CryptvolError as exc:
+            self._probe_error = str(exc)
+            log.error("host probe failed", extra={"error": str(exc)})
+        finally:
+            self._probed.set()
+
+    def host(self) -> HostProbe:
+        """The probe of this host; Unavailable until it has finished."""
+        if not self._probed.wait(timeout=60):
+            raise Unavailable("the host probe has not finished yet; retry shortly")
+        if self._host is None:
+            raise Unavailable(f"the host probe failed: {self._probe_error}")
+        return self._host
 
     @property
     def serves_controller(self) -> bool:
@@ -53,7 +88,7 @@ class Driver:
         return self.settings.role in ("all", "node")
 
     def ready(self) -> bool:
-        return self._host_probed and self.keys.ready()
+        return self._host is not None and self.keys.ready()
 
     def close(self) -> None:
         self.store.close()

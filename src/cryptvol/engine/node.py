@@ -30,7 +30,10 @@ from cryptvol.errors import (
 )
 from cryptvol.keys.manager import KeyManager
 from cryptvol.luks import cryptsetup
+from cryptvol.luks.budget import CRYPTSETUP_PROCESS_KIB
 from cryptvol.luks.cryptsetup import FormatOptions, OpenOptions
+from cryptvol.luks.policy import LuksPlan, parse_luks_parameters
+from cryptvol.luks.token import write_policy_token
 from cryptvol.mounts import filesystem
 from cryptvol.mounts.mountinfo import mount_at
 from cryptvol.system import failpoints
@@ -44,17 +47,13 @@ NODE_EXPAND_SECRET_KEYS = (
 
 
 class UnlockBudget(Protocol):
-    def reserve(self, kib: int, timeout: float) -> AbstractContextManager[None]: ...
+    def reserve(self, kib: int, timeout: float, what: str = ...
+                ) -> AbstractContextManager[None]: ...
 
 
 @dataclass(frozen=True)
 class VolumeStats:
-    total_bytes: int
-    used_bytes: int
-    available_bytes: int
-    total_inodes: int
-    used_inodes: int
-    available_inodes: int
+    usage: filesystem.Usage
     block: bool
     abnormal: bool
     message: str
@@ -136,19 +135,34 @@ class NodeEngine:
         self.volumes.update(volume_id, grown)
 
     def _open(self, record: VolumeRecord, device: str, name: str, key: Secret) -> None:
-        fmt = FormatOptions(**record.luks.format)  # type: ignore[arg-type]
-        opts = OpenOptions(**record.luks.open)  # type: ignore[arg-type]
-        reserve: AbstractContextManager[None] = nullcontext()
-        if self.budget is not None and record.luks.unlock_memory_kib:
-            reserve = self.budget.reserve(record.luks.unlock_memory_kib, self.budget_timeout)
-        with reserve:
-            if not cryptsetup.is_luks(device):
+        luks_plan = _plan_of(record)
+        formatted = cryptsetup.is_luks(device)
+        with self._reserve(record, device if formatted else None):
+            if not formatted:
                 require_blank(device)
-                cryptsetup.format_device(device, key, fmt)
+                cryptsetup.format_device(device, key, luks_plan.format)
                 failpoints.reached("stage:after-format")
+                write_policy_token(device, parse_luks_parameters(record.parameters),
+                                   luks_plan)
             with _explain_wrong_key(record):
-                cryptsetup.open_device(device, name, key, opts)
+                cryptsetup.open_device(device, name, key, luks_plan.open)
             failpoints.reached("stage:after-open")
+
+    def _reserve(self, record: VolumeRecord, formatted: str | None
+                 ) -> AbstractContextManager[None]:
+        """Hold the unlock's memory from the node budget while cryptsetup runs.
+
+        pbkdf2 keyslots (every managed volume) need none. For memory-hard ones the header
+        of a formatted device is the authority: its keyslots may have been rewritten since
+        the volume was planned."""
+        if self.budget is None or not str(record.luks.format.get("pbkdf", "")).startswith(
+                "argon2"):
+            return nullcontext()
+        kib = record.luks.unlock_memory_kib
+        if formatted is not None:
+            kib = cryptsetup.keyslot_memory_kib(formatted) + CRYPTSETUP_PROCESS_KIB
+        return self.budget.reserve(kib, self.budget_timeout,
+                                   what=f"NodeStageVolume {record.id}")
 
     def _fit_mapping(self, record: VolumeRecord, name: str, key: Secret) -> None:
         """Grow the mapping to its backing device after an expansion (online or offline)."""
@@ -254,18 +268,27 @@ class NodeEngine:
         mapped = str(cryptsetup.mapping_path(name))
         open_ = cryptsetup.is_active(name)
         mounted = mount_at(volume_path)
+        healthy = open_ and mounted is not None
+        condition = _condition(open_, mounted is not None)
         if stat.S_ISBLK(os.stat(volume_path).st_mode):
             size = device_size(mapped) if open_ else 0
-            abnormal = not open_ or mounted is None
-            return VolumeStats(size, 0, 0, 0, 0, 0, True, abnormal,
-                               _condition(open_, mounted is not None))
-        if mounted is None or not open_:
-            return VolumeStats(0, 0, 0, 0, 0, 0, False, True,
-                               _condition(open_, mounted is not None))
-        usage = filesystem.usage(volume_path)
-        return VolumeStats(usage.total_bytes, usage.used_bytes, usage.available_bytes,
-                           usage.total_inodes, usage.used_inodes, usage.available_inodes,
-                           False, False, "volume is mounted and its mapping is open")
+            return VolumeStats(filesystem.Usage(size, 0, 0, 0, 0, 0), True, not healthy,
+                               condition)
+        if not healthy:
+            return VolumeStats(filesystem.Usage(0, 0, 0, 0, 0, 0), False, True, condition)
+        return VolumeStats(filesystem.usage(volume_path), False, False, condition)
+
+
+def _plan_of(record: VolumeRecord) -> LuksPlan:
+    """The plan a volume was created with, rebuilt from its record."""
+    return LuksPlan(
+        format=FormatOptions(**record.luks.format),  # type: ignore[arg-type]
+        open=OpenOptions(**record.luks.open),  # type: ignore[arg-type]
+        reasons=tuple(record.luks.reasons),
+        unlock_memory_kib=record.luks.unlock_memory_kib,
+        pbkdf_asked=record.luks.pbkdf_asked,
+        fell_back=record.luks.fell_back,
+    )
 
 
 @contextmanager
@@ -290,7 +313,7 @@ def _condition(open_: bool, mounted: bool) -> str:
         return "the dm-crypt mapping of this volume is gone; restage the volume"
     if not mounted:
         return "the volume is not mounted at the path; republish the volume"
-    return "healthy"
+    return "the volume is mounted and its mapping is open"
 
 
 def _require_parent(path: str, field: str) -> None:

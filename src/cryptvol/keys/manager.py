@@ -13,10 +13,17 @@ import logging
 import os
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from cryptvol.errors import Aborted, CryptvolError, FailedPrecondition, NotFound, Unavailable
+from cryptvol.errors import (
+    Aborted,
+    CryptvolError,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+)
 from cryptvol.keys import envelope, metrics
 from cryptvol.keys.kek import Kek, KekProvider, new_kek_id
 from cryptvol.keys.kek_local import LocalKekProvider
@@ -30,6 +37,7 @@ log = logging.getLogger(__name__)
 DEK_BYTES = 32
 DB_FILE = "cryptvol.db"
 _CAS_ATTEMPTS = 20
+_RETRY_EVERY = 1.0  # seconds between on-demand loads of a key set that would not load
 
 
 @dataclass(frozen=True)
@@ -39,10 +47,18 @@ class LoadedKeySet:
     record: KeySetRecord
     revision: int
     keks: dict[str, Kek]
+    _current: Kek = field(init=False, repr=False, compare=False)
+
+    @property
+    def current_id(self) -> str:
+        return self._current.id
 
     @property
     def current(self) -> Kek:
-        return self.keks[self.record.current.id]
+        return self._current
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_current", self.keks[self.record.current.id])
 
     def find(self, kek_id: str) -> Kek:
         kek = self.keks.get(kek_id)
@@ -109,6 +125,7 @@ class KeyManager:
         self._lock = threading.Lock()
         self._loaded: LoadedKeySet | None = None
         self._reason = "the key set has not been loaded yet"
+        self._last_try = time.monotonic()
         try:
             self.reload()
         except Unavailable:
@@ -141,7 +158,15 @@ class KeyManager:
 
     @property
     def loaded(self) -> LoadedKeySet:
+        """The loaded key set; when there is none yet, one more try to load it (at most once
+        a second), so a manager started while the store was down heals on its next use."""
         loaded = self._loaded
+        if loaded is None and time.monotonic() - self._last_try >= _RETRY_EVERY:
+            self._last_try = time.monotonic()
+            try:
+                loaded = self.reload()
+            except CryptvolError:
+                loaded = None
         if loaded is None:
             raise Unavailable(f"the key manager is not ready: {self._reason}")
         return loaded
@@ -204,7 +229,7 @@ class KeyManager:
 
 def _check_volume_id(volume_id: str) -> None:
     if not volume_id or "\x00" in volume_id:
-        raise FailedPrecondition("a data key needs a non-empty volume id")
+        raise InvalidArgument("a data key needs a non-empty volume id without NUL bytes")
 
 
 def open_local(state_dir: Path) -> tuple[SqliteStore, KeyManager]:

@@ -309,8 +309,10 @@ class Rotation:
         ahead = state
         with ThreadPoolExecutor(writers, thread_name_prefix="reencrypt") as pool:
             while True:
-                entries = self.store.range(DEK_PREFIX, start_after=ahead.cursor, limit=batch)
-                if entries:
+                # One read feeds every writer; each batch is one transaction.
+                page = self.store.range(DEK_PREFIX, start_after=ahead.cursor, limit=batch * writers)
+                for at in range(0, len(page), batch):
+                    entries = page[at : at + batch]
                     changed = [(e, b) for e in entries if (b := self._rewrapped(e, loaded))]
                     ahead = replace(
                         ahead,
@@ -320,6 +322,7 @@ class Rotation:
                         rewrapped=ahead.rewrapped + len(changed),
                     )
                     pending.append((pool.submit(self._commit_batch, loaded, changed), ahead))
+                entries = page
                 while pending and (not entries or len(pending) >= writers or pending[0][0].done()):
                     future, committed = pending.popleft()
                     future.result()
@@ -394,7 +397,7 @@ class Rotation:
         volume_id = e.key[len(DEK_PREFIX) :]
         try:
             env = envelope.Envelope.from_bytes(e.value, what=f"volume {volume_id}")
-            if env.kek_id == loaded.record.current.id:
+            if env.kek_id == loaded.current_id:
                 return None
             dek = envelope.open_envelope(env, volume_id, loaded.find(env.kek_id))
         except Exception:
@@ -405,18 +408,16 @@ class Rotation:
     def _sweep(
         self, loaded: LoadedKeySet, progress: Progress | None, state: ReencryptState
     ) -> None:
-        """Last pass before retiring: every DEK must name the current KEK."""
+        """Last pass before retiring: every DEK must name the current KEK.
+
+        Only DEKs last written at or before the key-set record's revision are read: any
+        write after it was made under this key set (creating a DEK compares the record's
+        revision), so it is a re-wrap by this walk or a DEK made under the current KEK."""
         current = loaded.record.current.id
-        after = ""
-        while True:
-            entries = self.store.range(DEK_PREFIX, start_after=after, limit=1000)
-            if not entries:
-                break
-            for e in entries:
-                if not envelope.names_kek(e.value, current):
-                    log.info("sweep: re-wrapping %s", e.key)
-                    self._rewrap_one(e.key, loaded)
-            after = entries[-1].key
+        for e in self.store.range(DEK_PREFIX, max_revision=loaded.revision):
+            if not envelope.names_kek(e.value, current):
+                log.info("sweep: re-wrapping %s", e.key)
+                self._rewrap_one(e.key, loaded)
         if progress is not None:
             progress(state.total, state.total)
 

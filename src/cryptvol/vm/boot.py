@@ -15,7 +15,6 @@ import shlex
 import shutil
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -31,9 +30,8 @@ QEMU = "qemu-system-x86_64"
 MEMORY_ENV = "CRYPTVOL_VM_MEMORY_MIB"
 DEFAULT_MEMORY_MIB = 3072
 CPU_ENV = "CRYPTVOL_VM_CPU"
-# Under TCG, `-cpu max` makes the guest save and restore AVX-512 state on every switch, all
-# emulated: Python ran 2-3 times slower with it here. A pre-AVX model with AES-NI (for
-# dm-crypt) is faster.
+# Under TCG, Python in the guest ran 2-3 times slower with `-cpu max` (AVX and all,
+# emulated) than with a pre-AVX model; AES-NI stays, for dm-crypt.
 TCG_CPU = "Nehalem,+aes,+pclmulqdq"
 # Set in the guest so code and tests know they run in the throwaway VM.
 IN_VM_ENV = "CRYPTVOL_IN_VM"
@@ -206,7 +204,7 @@ def _boot_and_wait(
                 process.stop(proc)
                 raise VmError(
                     f"the command in the VM timed out after {timeout:g} s, VM killed: "
-                    f"{shlex.join(argv)}",
+                    f"{_shorten(shlex.join(argv))}",
                     serial_tail(serial),
                 )
             time.sleep(_POLL)
@@ -224,6 +222,10 @@ def _boot_and_wait(
             serial_tail(serial),
         )
     return code
+
+
+def _shorten(text: str, limit: int = 300) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _read_exit_code(path: Path) -> int | None:
@@ -245,19 +247,17 @@ class _Pump:
         self._path = path
         self._sink = sink
         self._offset = 0
-        self._lock = threading.Lock()
 
     def drain(self) -> None:
-        with self._lock:
-            try:
-                with open(self._path, "rb") as f:
-                    f.seek(self._offset)
-                    data = f.read()
-            except OSError:
-                return
-            if data:
-                self._offset += len(data)
-                self._sink.write(data)
-                self._sink.flush()
+        try:
+            with open(self._path, "rb") as f:
+                f.seek(self._offset)
+                data = f.read()
+        except OSError:
+            return
+        if data:
+            self._offset += len(data)
+            self._sink.write(data)
+            self._sink.flush()
 
 

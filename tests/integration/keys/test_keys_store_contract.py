@@ -125,3 +125,12 @@ def test_concurrent_cas_increments_lose_nothing(store: Store) -> None:
     for t in threads:
         t.join()
     assert store.get("/n").value == b"60"  # type: ignore[union-attr]
+
+
+def test_range_with_max_revision_keeps_only_keys_written_up_to_it(store: Store) -> None:
+    store.txn([], [Put("/m/a", b"1"), Put("/m/b", b"1")])
+    upto = store.get("/m/b").revision  # type: ignore[union-attr]
+    store.txn([], [Put("/m/b", b"2"), Put("/m/c", b"2")])
+    assert [e.key for e in store.range("/m/", max_revision=upto)] == ["/m/a"]
+    assert [e.key for e in store.range("/m/", max_revision=upto + 1)] == ["/m/a", "/m/b", "/m/c"]
+    assert [e.key for e in store.range("/m/")] == ["/m/a", "/m/b", "/m/c"]

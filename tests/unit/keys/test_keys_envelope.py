@@ -71,3 +71,33 @@ def test_the_wrong_kek_material_is_refused() -> None:
 def test_damaged_envelopes_get_a_clear_error(raw: bytes, message: str) -> None:
     with pytest.raises(FailedPrecondition, match=message):
         envelope.unwrap(raw, "pvc-1", find)
+
+
+def test_nonces_never_repeat_across_threads_or_a_fork() -> None:
+    import threading
+
+    seen: list[bytes] = []
+    lock = threading.Lock()
+
+    def many() -> None:
+        mine = [
+            json.loads(envelope.wrap(KEK, Secret(b"k" * 32), "v"))["nonce"] for _ in range(3000)
+        ]
+        with lock:
+            seen.extend(mine)
+
+    threads = [threading.Thread(target=many) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child wraps once and reports its nonce
+        os.write(w, json.loads(envelope.wrap(KEK, Secret(b"k" * 32), "v"))["nonce"].encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    child = os.read(r, 100).decode()
+    parent = json.loads(envelope.wrap(KEK, Secret(b"k" * 32), "v"))["nonce"]
+    seen += [child, parent]
+    assert len(set(seen)) == len(seen) == 12002

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from pathlib import Path
 
 import pytest
 
-from cryptvol.errors import FailedPrecondition, NotFound
+from cryptvol.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from cryptvol.keys.kek_local import LocalKekProvider
 from cryptvol.keys.keyset import KEYSET_KEY, dek_key
 from cryptvol.keys.manager import KeyManager, open_local
 from cryptvol.keys.store.base import Put
@@ -140,4 +142,27 @@ def test_two_managers_on_one_store_share_the_first_kek(tmp_path: Path) -> None:
     km2 = KeyManager(store, km1.provider)
     dek = km1.create_dek("pvc-1")
     assert km2.get_dek("pvc-1") == dek
+    store.close()
+
+
+def test_a_manager_that_could_not_load_heals_on_its_next_use(tmp_path: Path) -> None:
+    store, km = open_local(tmp_path)
+    dek = km.create_dek("pvc-1")
+    store.close()
+    (tmp_path / "kek.json").rename(tmp_path / "kek.json.bak")
+    store = SqliteStore(tmp_path / "cryptvol.db")
+    km = KeyManager(store, LocalKekProvider(tmp_path), lazy=True)
+    assert not km.ready() and "kek.json is missing" in km.not_ready_reason()
+    with pytest.raises(Unavailable, match="not ready"):
+        km.get_dek("pvc-1")
+    (tmp_path / "kek.json.bak").rename(tmp_path / "kek.json")
+    time.sleep(1.05)
+    assert km.get_dek("pvc-1") == dek and km.ready()
+    store.close()
+
+
+def test_an_empty_volume_id_is_refused(tmp_path: Path) -> None:
+    store, km = open_local(tmp_path)
+    with pytest.raises(InvalidArgument):
+        km.create_dek("")
     store.close()

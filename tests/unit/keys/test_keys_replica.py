@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from pathlib import Path
 
@@ -54,4 +55,38 @@ def test_a_replica_without_its_kek_stays_up_not_ready_and_recovers(tmp_path: Pat
     shutil.move(tmp_path / "kek.json.bak", tmp_path / "kek.json")
     replica.tick()
     assert replica.ready() and len(km.get_dek("pvc-1")) == 32
+    store.close()
+
+
+def test_a_replica_restarted_in_any_stage_loads_and_reports_that_stage(tmp_path: Path) -> None:
+    store, km = open_keys(KeysConfig(state_dir=tmp_path))
+    for i in range(50):
+        km.create_dek(f"pvc-{i:02d}")
+    rotation = Rotation(store, LocalKekProvider(tmp_path))
+
+    def stop(done: int, total: int) -> None:
+        raise RuntimeError("killed mid-reencrypt")
+
+    steps = [
+        lambda: None,
+        # --force: the reports of the replicas made below are not what this test is about.
+        lambda: rotation.prepare(force=True),
+        lambda: rotation.rotate(force=True),
+        lambda: rotation.reencrypt(force=True, batch=10, progress=stop),
+        lambda: rotation.reencrypt(force=True),
+    ]
+    seen = []
+    for step in steps:
+        with contextlib.suppress(RuntimeError):
+            step()
+        record = rotation.read()[0]
+        _, fresh = open_keys(KeysConfig(state_dir=tmp_path), lazy=True)
+        replica = Replica(fresh, f"restarted-in-{record.stage}", count_interval=0)
+        replica.tick()
+        assert replica.ready(), replica.not_ready_reason()
+        assert replica.status()["report"] == record.report()
+        assert fresh.get_dek("pvc-07") == km.get_dek("pvc-07")
+        seen.append(record.stage)
+        fresh.store.close()
+    assert seen == ["start", "prepare", "rotate", "reencrypt_active", "reencrypt_finished"]
     store.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from cryptvol.keys.keyset import DEK_PREFIX, KeySetRecord
 from cryptvol.keys.manager import KeyManager, open_local
 from cryptvol.keys.replicas import REPLICA_PREFIX, ReplicaReport
 from cryptvol.keys.rotation import REENCRYPT_KEY, Rotation
+from cryptvol.keys.store.base import Put
 from cryptvol.keys.store.sqlite import SqliteStore
 
 Setup = tuple[SqliteStore, KeyManager, Rotation]
@@ -138,3 +140,31 @@ def test_a_replica_with_a_stale_key_set_cannot_create_a_dek_under_it(setup: Setu
     stale.create_dek("late")  # its CAS on the key-set record fails, so it reloads first
     current = KeySetRecord.from_bytes(store.get("/cryptvol/keys/keyset").value).current.id  # type: ignore[union-attr]
     assert kek_ids_of_deks(store) == {current}
+
+
+def test_the_last_sweep_rewraps_what_a_wrong_cursor_skipped(
+    setup: Setup, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    store, km, rot = setup
+    for i in range(20):
+        km.create_dek(f"v{i:03d}")
+    old = rot.read()[0].current.id
+    rot.prepare(wait=0)
+    rot.rotate(wait=0)
+
+    def stop(done: int, total: int) -> None:
+        raise FailedPrecondition("stopped")
+
+    with pytest.raises(FailedPrecondition, match="stopped"):
+        rot.reencrypt(wait=0, batch=5, progress=stop)  # two batches of five commit
+    skipped = [DEK_PREFIX + f"v{i:03d}" for i in range(10, 15)]
+    assert {envelope.peek_kek_id(store.get(k).value, what="") for k in skipped} == {old}  # type: ignore[union-attr]
+    entry = store.get(REENCRYPT_KEY)
+    assert entry is not None
+    state = json.loads(entry.value)
+    state.update(cursor=skipped[-1], done=15)  # a wrong cursor: as if v010..v014 were done
+    store.txn([], [Put(REENCRYPT_KEY, json.dumps(state).encode())])
+    rot.reencrypt(wait=0)
+    assert kek_ids_of_deks(store) == {rot.read()[0].current.id}
+    assert caplog.text.count("sweep: re-wrapping") == 5

@@ -48,9 +48,12 @@ class Store(Protocol):
         """The entry at `key`, or None."""
         ...
 
-    def range(self, prefix: str, *, start_after: str = "", limit: int = 0) -> list[Entry]:
+    def range(
+        self, prefix: str, *, start_after: str = "", limit: int = 0, max_revision: int = 0
+    ) -> list[Entry]:
         """Entries whose key starts with `prefix`, in key order, after `start_after`;
-        at most `limit` of them (0: all)."""
+        at most `limit` of them (0: all); with `max_revision`, only those last written at or
+        before that revision (0: no bound)."""
         ...
 
     def count(self, prefix: str) -> int:

@@ -126,9 +126,20 @@ class EtcdStore:
         kvs = result.get("kvs") or []
         return _entry(kvs[0]) if kvs else None
 
-    def range(self, prefix: str, *, start_after: str = "", limit: int = 0) -> list[Entry]:
+    def range(
+        self, prefix: str, *, start_after: str = "", limit: int = 0, max_revision: int = 0
+    ) -> list[Entry]:
         low = start_after + "\x00" if start_after >= prefix else prefix
         end = prefix_end(prefix) or "\x00"  # "\0" as range_end means "to the last key"
+        if max_revision > 0:
+            # With a revision filter etcd reads the whole range for every request whatever
+            # the limit, so paging would read it again per page: ask once, cut here.
+            result = self._call(
+                "/kv/range",
+                {"key": _b64(low), "range_end": _b64(end), "max_mod_revision": str(max_revision)},
+            )
+            found = [_entry(kv) for kv in result.get("kvs") or []]
+            return found[:limit] if limit > 0 else found
         out: list[Entry] = []
         while True:
             want = _PAGE if limit <= 0 else min(_PAGE, limit - len(out))

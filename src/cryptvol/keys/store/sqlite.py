@@ -124,14 +124,17 @@ class SqliteStore:
             )
         return Entry(row[0], bytes(row[1]), int(row[2])) if row else None
 
-    def range(self, prefix: str, *, start_after: str = "", limit: int = 0) -> list[Entry]:
+    def range(
+        self, prefix: str, *, start_after: str = "", limit: int = 0, max_revision: int = 0
+    ) -> list[Entry]:
         low, low_op = (start_after, ">") if start_after >= prefix else (prefix, ">=")
         sql = (
             f"SELECT key, value, revision FROM kv WHERE key {low_op} ?"
-            " AND (? = '' OR key < ?) AND (expires IS NULL OR expires > ?) ORDER BY key"
+            " AND (? = '' OR key < ?) AND (expires IS NULL OR expires > ?)"
+            " AND (? = 0 OR revision <= ?) ORDER BY key"
         )
         end = prefix_end(prefix)
-        args: tuple[object, ...] = (low, end, end, self._clock())
+        args: tuple[object, ...] = (low, end, end, self._clock(), max_revision, max_revision)
         if limit > 0:
             sql += " LIMIT ?"
             args += (limit,)
