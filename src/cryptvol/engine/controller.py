@@ -98,6 +98,12 @@ class ControllerEngine:
             if existing is None:
                 record = self._new_record(volume_id, req.name, capacity, params, fs_type,
                                           luks_plan)
+                free = self.backend.available_bytes()
+                if record.backing_bytes > free:
+                    raise ResourceExhausted(
+                        f"the pool has {free} bytes free; a {capacity}-byte volume needs "
+                        f"{record.backing_bytes} with its LUKS2 header"
+                    )
                 if not self.volumes.insert(record):
                     existing = self.volumes.get(volume_id)
                     if existing is None:

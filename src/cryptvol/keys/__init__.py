@@ -1,1 +1,12 @@
-"""cryptvol keys layer."""
+"""cryptvol keys layer: per-volume data keys, the KEKs that wrap them, and their rotation.
+
+- `store/`: the state store contract (`base`), SQLite (`sqlite`) and etcd (`etcd`).
+- `envelope`: a DEK wrapped with AES-256-GCM under a KEK, bound to its volume id.
+- `kek`, `kek_local`, `kek_rootkey`: KEKs and the providers that hold their material.
+- `keyset`: the one store record with the KEK set and the rotation stage.
+- `manager`: `KeyManager` (create/get/delete a volume's DEK) and `open_local`.
+- `rotation`: the stages prepare → rotate → reencrypt, by compare-and-swap.
+- `replicas`, `replica`: leased replica reports, agreement, and the replica loop/process.
+- `backup`: passphrase-protected export and import of the KEK set.
+- `config`: which store and provider a process uses; `metrics`: prometheus metrics.
+"""
