@@ -27,18 +27,28 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def keys_config(
-    state_dir: Path | None, etcd_endpoints: str | None, root_key: Path | None
+    state_dir: Path | None,
+    etcd_endpoints: str | None,
+    root_key: Path | None,
+    *,
+    etcd_ca_file: Path | None = None,
+    etcd_cert_file: Path | None = None,
+    etcd_key_file: Path | None = None,
 ) -> KeysConfig:
     """The store and KEK provider settings from the command line (or its environment)."""
     return KeysConfig(
         state_dir=state_dir or DEFAULT_STATE_DIR,
         etcd_endpoints=etcd_endpoints or "",
         root_key=root_key,
+        etcd_ca_file=etcd_ca_file,
+        etcd_cert_file=etcd_cert_file,
+        etcd_key_file=etcd_key_file,
     )
 
 
 def store_options(fn: F) -> F:
-    """Adds --state-dir, --etcd-endpoints, --root-key; the command gets `config: KeysConfig`."""
+    """Adds --state-dir, --etcd-endpoints (and its TLS files), --root-key; the command gets
+    `config: KeysConfig`."""
 
     @click.option(
         "--state-dir",
@@ -52,6 +62,24 @@ def store_options(fn: F) -> F:
         help="Comma-separated etcd client URLs; the key store then lives in etcd.",
     )
     @click.option(
+        "--etcd-ca-file",
+        type=click.Path(path_type=Path, dir_okay=False),
+        envvar="CRYPTVOL_ETCD_CA_FILE",
+        help="CA bundle that signs the etcd members' certificates (https endpoints).",
+    )
+    @click.option(
+        "--etcd-cert-file",
+        type=click.Path(path_type=Path, dir_okay=False),
+        envvar="CRYPTVOL_ETCD_CERT_FILE",
+        help="Client certificate for etcd (with --etcd-key-file).",
+    )
+    @click.option(
+        "--etcd-key-file",
+        type=click.Path(path_type=Path, dir_okay=False),
+        envvar="CRYPTVOL_ETCD_KEY_FILE",
+        help="Client certificate key for etcd.",
+    )
+    @click.option(
         "--root-key",
         type=click.Path(path_type=Path, dir_okay=False),
         envvar="CRYPTVOL_ROOT_KEY",
@@ -63,10 +91,20 @@ def store_options(fn: F) -> F:
         state_dir: Path | None,
         etcd_endpoints: str | None,
         root_key: Path | None,
+        etcd_ca_file: Path | None,
+        etcd_cert_file: Path | None,
+        etcd_key_file: Path | None,
         **kwargs: Any,
     ) -> Any:
         try:
-            config = keys_config(state_dir, etcd_endpoints, root_key)
+            config = keys_config(
+                state_dir,
+                etcd_endpoints,
+                root_key,
+                etcd_ca_file=etcd_ca_file,
+                etcd_cert_file=etcd_cert_file,
+                etcd_key_file=etcd_key_file,
+            )
             return fn(*args, config=config, **kwargs)
         except CryptvolError as exc:
             raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
@@ -104,11 +142,11 @@ def keys_group() -> None:
 def status_command(config: KeysConfig, as_json: bool) -> None:
     """Stage, KEKs, each replica's key-set hash and reencrypt progress."""
     from cryptvol.keys.config import open_store
-    from cryptvol.keys.rotation import Rotation
+    from cryptvol.keys.status import read_status
 
     store = open_store(config)
     try:
-        doc = Rotation(store).status().to_json()
+        doc = read_status(store).to_json()
     finally:
         store.close()
     if as_json:

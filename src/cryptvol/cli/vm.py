@@ -20,15 +20,32 @@ def vm_group() -> None:
 
 
 @vm_group.command("run", context_settings={"ignore_unknown_options": True})
-@click.option("--timeout", type=float, default=600.0, show_default=True,
-              help="Seconds from boot until the VM is killed.")
-@click.option("--cwd", type=click.Path(exists=True, file_okay=False), default=None,
-              help="Folder to run in (default: the current one).")
-@click.option("--env", "env_pairs", multiple=True, metavar="NAME=VALUE",
-              help="Add to the command's environment (repeatable).")
-@click.option("--work-dir", type=click.Path(file_okay=False), default=None,
-              help="Host folder the guest may write to, at the same path (default: a "
-                   "temporary one).")
+@click.option(
+    "--timeout",
+    type=float,
+    default=600.0,
+    show_default=True,
+    help="Seconds from boot until the VM is killed.",
+)
+@click.option(
+    "--cwd",
+    type=click.Path(exists=True, file_okay=False),
+    default=None,
+    help="Folder to run in (default: the current one).",
+)
+@click.option(
+    "--env",
+    "env_pairs",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="Add to the command's environment (repeatable).",
+)
+@click.option(
+    "--work-dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Host folder the guest may write to, at the same path (default: a temporary one).",
+)
 @click.option("--memory", type=int, default=None, help="Guest memory in MiB.")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def run_command(
@@ -50,8 +67,9 @@ def run_command(
             raise click.BadParameter(f"expected NAME=VALUE, got {pair!r}", param_hint="--env")
         env[name] = value
     try:
-        code = run_in_vm(list(command), cwd=cwd, env=env, timeout=timeout,
-                         work_dir=work_dir, memory_mib=memory)
+        code = run_in_vm(
+            list(command), cwd=cwd, env=env, timeout=timeout, work_dir=work_dir, memory_mib=memory
+        )
     except (VmError, VmUnavailable) as exc:
         click.echo(f"cryptvol vm run: {exc}", err=True)
         sys.exit(VM_FAILED_EXIT)

@@ -11,14 +11,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cryptvol.errors import InvalidArgument
-from cryptvol.keys.kek import KekProvider
-from cryptvol.keys.kek_local import LocalKekProvider
-from cryptvol.keys.kek_rootkey import RootKeyProvider
-from cryptvol.keys.manager import DB_FILE, KeyManager
 from cryptvol.keys.store.base import Store
-from cryptvol.keys.store.sqlite import SqliteStore
+from cryptvol.keys.store.sqlite import DB_FILE, SqliteStore
+
+if TYPE_CHECKING:  # imported where used: `keys status` needs neither cryptography nor them
+    from cryptvol.keys.kek import KekProvider
+    from cryptvol.keys.manager import KeyManager
 
 DEFAULT_STATE_DIR = Path("/var/lib/cryptvol/state")  # as `cryptvol serve`
 
@@ -29,6 +30,9 @@ class KeysConfig:
     etcd_endpoints: str = ""
     root_key: Path | None = None
     etcd_timeout: float = 5.0
+    etcd_ca_file: Path | None = None
+    etcd_cert_file: Path | None = None
+    etcd_key_file: Path | None = None
 
     def __post_init__(self) -> None:
         if self.etcd_endpoints and self.root_key is None:
@@ -52,19 +56,31 @@ def open_store(config: KeysConfig) -> Store:
     if config.etcd_endpoints:
         from cryptvol.keys.store.etcd import EtcdStore  # its HTTP stack is slow to import
 
-        return EtcdStore(config.etcd_endpoints, timeout=config.etcd_timeout)
+        return EtcdStore(
+            config.etcd_endpoints,
+            timeout=config.etcd_timeout,
+            ca_file=config.etcd_ca_file,
+            cert_file=config.etcd_cert_file,
+            key_file=config.etcd_key_file,
+        )
     return SqliteStore(config.db_path)
 
 
 def open_provider(config: KeysConfig) -> KekProvider:
     if config.root_key is not None:
+        from cryptvol.keys.kek_rootkey import RootKeyProvider
+
         return RootKeyProvider(config.root_key)
+    from cryptvol.keys.kek_local import LocalKekProvider
+
     return LocalKekProvider(config.state_dir)
 
 
 def open_keys(config: KeysConfig, *, lazy: bool = False) -> tuple[Store, KeyManager]:
     """Store and key manager. With `lazy` nothing raises for a missing key set or KEK: the
     manager stays not ready, with the reason, until `reload()` works (replicas use this)."""
+    from cryptvol.keys.manager import KeyManager
+
     store = open_store(config)
     try:
         return store, KeyManager(store, open_provider(config), lazy=lazy)

@@ -29,13 +29,12 @@ from cryptvol.keys.kek import Kek, KekProvider, new_kek_id
 from cryptvol.keys.kek_local import LocalKekProvider
 from cryptvol.keys.keyset import DEK_PREFIX, KEYSET_KEY, KekRecord, KeySetRecord, dek_key
 from cryptvol.keys.store.base import Compare, Delete, Put, Store
-from cryptvol.keys.store.sqlite import SqliteStore
+from cryptvol.keys.store.sqlite import DB_FILE, SqliteStore
 from cryptvol.system.secret import Secret
 
 log = logging.getLogger(__name__)
 
 DEK_BYTES = 32
-DB_FILE = "cryptvol.db"
 _CAS_ATTEMPTS = 20
 _RETRY_EVERY = 1.0  # seconds between on-demand loads of a key set that would not load
 

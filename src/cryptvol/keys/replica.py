@@ -29,7 +29,7 @@ from cryptvol.keys.config import KeysConfig, open_keys
 from cryptvol.keys.keyset import DEK_PREFIX, KEYSET_KEY
 from cryptvol.keys.manager import KeyManager
 from cryptvol.keys.replicas import NOT_READY, REPLICA_PREFIX, ReplicaReport
-from cryptvol.keys.rotation import Rotation
+from cryptvol.keys.status import read_cursor
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +140,7 @@ class Replica:
 
     def _observe_reencrypt(self) -> None:
         try:
-            state, _ = Rotation(self.manager.store).cursor()
+            state, _ = read_cursor(self.manager.store)
         except CryptvolError:
             return
         if state is not None:

@@ -14,19 +14,18 @@ compare on every DEK's revision and on the key-set record, so a volume deleted m
 not brought back, and one created meanwhile (already under the current KEK: every replica
 agreed on the rotation before reencrypt began, and creating a DEK compares the key-set
 record too) is not touched. A persisted cursor records how far committed batches reach, so
-a crashed reencrypt resumes there. Before retiring the old KEKs a last pass checks that no
-DEK still names one.
+a crashed reencrypt resumes there. Before retiring the old KEKs a last pass re-reads every
+DEK not written since reencrypt began and re-wraps any that still names an old KEK.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 from cryptvol.errors import Aborted, FailedPrecondition, InvalidArgument
 from cryptvol.keys import envelope, metrics
@@ -39,106 +38,24 @@ from cryptvol.keys.keyset import (
     Retired,
 )
 from cryptvol.keys.manager import LoadedKeySet, load_key_set
-from cryptvol.keys.replicas import ReplicaReport, await_agreement, live_replicas
+from cryptvol.keys.replicas import await_agreement
+from cryptvol.keys.status import (
+    ALLOWED_NEXT,
+    REENCRYPT_KEY,
+    ReencryptState,
+    Status,
+    read_cursor,
+    read_key_set,
+    read_status,
+)
 from cryptvol.keys.store.base import Compare, Entry, Put, Store
 
 log = logging.getLogger(__name__)
 
-REENCRYPT_KEY = "/cryptvol/keys/reencrypt"
 CURSOR_EVERY = 0.5  # seconds between saves of the reencrypt cursor
 DEFAULT_WAIT = 30.0
 
-ALLOWED_NEXT: dict[str, tuple[str, ...]] = {
-    "start": ("prepare",),
-    "prepare": ("rotate",),
-    "rotate": ("reencrypt",),
-    "reencrypt_request": ("reencrypt",),
-    "reencrypt_active": ("reencrypt",),
-    "reencrypt_finished": ("prepare",),
-}
-
 Progress = Callable[[int, int], None]
-
-
-@dataclass(frozen=True)
-class ReencryptState:
-    """The persisted cursor of a reencrypt: DEKs up to `cursor` (in key order) are done."""
-
-    cursor: str
-    done: int
-    total: int
-    rewrapped: int
-    target: str
-    started: float
-    updated: float
-    finished: bool = False
-
-    @property
-    def rate(self) -> float:
-        spent = self.updated - self.started
-        return self.done / spent if spent > 0 else 0.0
-
-    @property
-    def eta(self) -> float | None:
-        rate = self.rate
-        return max(0.0, (self.total - self.done) / rate) if rate > 0 and not self.finished else None
-
-    def to_bytes(self) -> bytes:
-        return json.dumps(self.__dict__, separators=(",", ":")).encode()
-
-    @classmethod
-    def from_bytes(cls, raw: bytes) -> ReencryptState:
-        try:
-            return cls(**json.loads(raw))
-        except (ValueError, TypeError):
-            raise FailedPrecondition(
-                f"the reencrypt cursor {REENCRYPT_KEY} is unreadable"
-            ) from None
-
-
-@dataclass(frozen=True)
-class Status:
-    record: KeySetRecord
-    revision: int
-    replicas: list[ReplicaReport]
-    reencrypt: ReencryptState | None
-    deks: int
-
-    def to_json(self) -> dict[str, object]:
-        expected = self.record.report()
-        return {
-            "stage": self.record.stage,
-            "allowed_next": list(ALLOWED_NEXT[self.record.stage]),
-            "current_kek": self.record.current.id,
-            "keks": [
-                {"id": k.id, "role": k.role, "created": k.created, "fingerprint": k.fingerprint}
-                for k in self.record.keks
-            ],
-            "retired": [r.__dict__ for r in self.record.retired],
-            "expected_report": expected,
-            "replicas": [
-                {
-                    "name": r.name,
-                    "role": r.role,
-                    "ready": r.ready,
-                    "report": r.report,
-                    "agrees": r.ready and r.report == expected,
-                    "reason": r.reason,
-                    "last_report": r.time,
-                    "host": r.host,
-                    "pid": r.pid,
-                }
-                for r in self.replicas
-            ],
-            "deks": self.deks,
-            "reencrypt": None
-            if self.reencrypt is None
-            else {
-                **self.reencrypt.__dict__,
-                "rate_per_second": round(self.reencrypt.rate, 1),
-                "eta_seconds": self.reencrypt.eta,
-            },
-        }
 
 
 class Rotation:
@@ -157,23 +74,13 @@ class Rotation:
     # -- reading ----------------------------------------------------------------------------
 
     def read(self) -> tuple[KeySetRecord, int]:
-        entry = self.store.get(KEYSET_KEY)
-        if entry is None:
-            raise FailedPrecondition(
-                "the state store holds no key set yet; start a replica (or create a volume) first"
-            )
-        return KeySetRecord.from_bytes(entry.value), entry.revision
+        return read_key_set(self.store)
 
     def cursor(self) -> tuple[ReencryptState | None, int]:
-        entry = self.store.get(REENCRYPT_KEY)
-        return (ReencryptState.from_bytes(entry.value), entry.revision) if entry else (None, 0)
+        return read_cursor(self.store)
 
     def status(self) -> Status:
-        record, revision = self.read()
-        state, _ = self.cursor()
-        return Status(
-            record, revision, live_replicas(self.store), state, self.store.count(DEK_PREFIX)
-        )
+        return read_status(self.store)
 
     # -- transitions --------------------------------------------------------------------------
 

@@ -1,9 +1,9 @@
 """A throwaway VM with a real kernel, for node tests and the demo on hosts without dm-crypt.
 
-    ensure_parts()      fetch and build the kernel and initramfs once, cached
-    run_in_vm(argv,...) boot, run one command as root in the host's root, return its code
-    dm_crypt_available() whether this host can do it all without a VM
-    doctor()            which parts are present and cached
+ensure_parts()      fetch and build the kernel and initramfs once, cached
+run_in_vm(argv,...) boot, run one command as root in the host's root, return its code
+dm_crypt_available() whether this host can do it all without a VM
+doctor()            which parts are present and cached
 """
 
 from cryptvol.vm.boot import IN_VM_ENV, guest_env, run_in_vm

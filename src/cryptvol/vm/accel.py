@@ -36,9 +36,9 @@ def choose_accel(parts: Parts) -> str:
     return "kvm" if usable else "tcg"
 
 
-def kvm_usable(parts: Parts | None, cache: Path | None = None, *, probe: bool = True) -> (
-    tuple[bool, str]
-):
+def kvm_usable(
+    parts: Parts | None, cache: Path | None = None, *, probe: bool = True
+) -> tuple[bool, str]:
     """(usable?, why). Without `probe`, an unprobed host answers from /dev/kvm alone."""
     if not _dev_kvm_opens():
         return False, "/dev/kvm is missing or cannot be opened read-write"
@@ -62,8 +62,14 @@ def _probe(parts: Parts) -> tuple[bool, str]:
     sink = io.BytesIO()
     try:
         code = run_in_vm(
-            ["true"], cwd="/", timeout=PROBE_TIMEOUT, output=sink, error_output=sink,
-            memory_mib=512, accel="kvm", parts=parts,
+            ["true"],
+            cwd="/",
+            timeout=PROBE_TIMEOUT,
+            output=sink,
+            error_output=sink,
+            memory_mib=512,
+            accel="kvm",
+            parts=parts,
         )
     except VmError as exc:
         first = str(exc).splitlines()[0]

@@ -90,9 +90,15 @@ def run_in_vm(
 
 def guest_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """The command's environment in the guest: the runner's rules, plus what the VM implies."""
-    env = command_env({"HOME": "/root", "TMPDIR": "/tmp", IN_VM_ENV: "1",
-                       # The guest has no udev; dmsetup and LVM must not wait for it.
-                       "DM_DISABLE_UDEV": "1"})
+    env = command_env(
+        {
+            "HOME": "/root",
+            "TMPDIR": "/tmp",
+            IN_VM_ENV: "1",
+            # The guest has no udev; dmsetup and LVM must not wait for it.
+            "DM_DISABLE_UDEV": "1",
+        }
+    )
     env.update(extra or {})
     return env
 
@@ -100,22 +106,33 @@ def guest_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
 def qemu_argv(parts: Parts, work: Path, serial_log: Path, memory_mib: int, accel: str) -> list[str]:
     return [
         QEMU,
-        "-accel", accel,
-        "-cpu", "host" if accel == "kvm" else os.environ.get(CPU_ENV) or TCG_CPU,
-        "-smp", "2",
-        "-m", str(memory_mib),
+        "-accel",
+        accel,
+        "-cpu",
+        "host" if accel == "kvm" else os.environ.get(CPU_ENV) or TCG_CPU,
+        "-smp",
+        "2",
+        "-m",
+        str(memory_mib),
         "-nodefaults",
         "-nographic",
         "-no-reboot",
-        "-monitor", "none",
-        "-nic", "none",
-        "-serial", f"file:{serial_log}",
+        "-monitor",
+        "none",
+        "-nic",
+        "none",
+        "-serial",
+        f"file:{serial_log}",
         *(["-bios", _QBOOT.name] if _QBOOT.is_file() else []),
-        "-kernel", str(parts.kernel),
-        "-initrd", str(parts.initramfs),
+        "-kernel",
+        str(parts.kernel),
+        "-initrd",
+        str(parts.initramfs),
         # panic=-1 turns a panic into a reboot, which -no-reboot turns into QEMU exiting.
-        "-append", "console=ttyS0 panic=-1 loglevel=4 mitigations=off",
-        "-device", "virtio-rng-pci",
+        "-append",
+        "console=ttyS0 panic=-1 loglevel=4 mitigations=off",
+        "-device",
+        "virtio-rng-pci",
         "-virtfs",
         f"local,path=/,mount_tag={HOSTROOT_TAG},security_model=passthrough,"
         "readonly=on,multidevs=remap",
@@ -259,5 +276,3 @@ class _Pump:
             self._offset += len(data)
             self._sink.write(data)
             self._sink.flush()
-
-

@@ -96,8 +96,7 @@ rc=$?
 echo "$rc" > "$ctl/exit_code.part" && mv "$ctl/exit_code.part" "$ctl/exit_code"
 say "command exited with $rc after $(cut -d' ' -f1 /proc/uptime)s"
 halt_now
-"""
-    .replace("@HOSTROOT@", HOSTROOT_TAG)
+""".replace("@HOSTROOT@", HOSTROOT_TAG)
     .replace("@WORK@", WORK_TAG)
     .replace("@CONTROL@", CONTROL_DIR)
     .replace("@LVMCONF@", LVM_CONF)

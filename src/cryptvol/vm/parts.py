@@ -135,9 +135,10 @@ def cached_state(cache_dir: Path | str | None = None) -> tuple[str | None, bool,
         return None, False, False
     kernel = (root / "kernels" / release / "vmlinuz").is_file()
     busybox = static_busybox(root, build=False)
-    initramfs = busybox is not None and (
-        root / "initramfs" / f"{release}-{initramfs_key(release, busybox)}.cpio.gz"
-    ).is_file()
+    initramfs = (
+        busybox is not None
+        and (root / "initramfs" / f"{release}-{initramfs_key(release, busybox)}.cpio.gz").is_file()
+    )
     return release, kernel, initramfs
 
 
@@ -166,10 +167,14 @@ def resolve_kernel_release(cache: Path, *, refresh: bool = True) -> str:
                 memo.write_text(f"{stamp} {release}\n")
         return release
     kernels = cache / "kernels"
-    cached = sorted(
-        (p.name for p in kernels.glob("*") if (p / "vmlinuz").is_file()),
-        key=_release_sort_key,
-    ) if kernels.is_dir() else []
+    cached = (
+        sorted(
+            (p.name for p in kernels.glob("*") if (p / "vmlinuz").is_file()),
+            key=_release_sort_key,
+        )
+        if kernels.is_dir()
+        else []
+    )
     if cached:
         return cached[-1]
     raise VmUnavailable(
@@ -180,8 +185,14 @@ def resolve_kernel_release(cache: Path, *, refresh: bool = True) -> str:
 
 def initramfs_key(release: str, busybox: Path | None) -> str:
     digest = hashlib.sha256()
-    for part in (_INITRAMFS_FORMAT, release, INIT_SCRIPT, *REQUIRED_MODULES, "|",
-                 *OPTIONAL_MODULES):
+    for part in (
+        _INITRAMFS_FORMAT,
+        release,
+        INIT_SCRIPT,
+        *REQUIRED_MODULES,
+        "|",
+        *OPTIONAL_MODULES,
+    ):
         digest.update(part.encode() + b"\0")
     if busybox is not None:
         digest.update(_file_sha256(busybox).encode())
@@ -320,8 +331,13 @@ def _build_initramfs(root: Path, release: str, deb: Path, busybox: Path | None, 
         listed = []
         for module in modules:
             rel = module.relative_to(tree / "lib" / "modules")
-            listed.append(str(_copy_module(module, stage / "lib" / "modules" / rel)
-                              .relative_to(stage / "lib" / "modules")))
+            listed.append(
+                str(
+                    _copy_module(module, stage / "lib" / "modules" / rel).relative_to(
+                        stage / "lib" / "modules"
+                    )
+                )
+            )
         (stage / "etc" / "cryptvol" / "modules").write_text("\n".join(listed) + "\n")
         init = stage / "init"
         init.write_text(INIT_SCRIPT)
@@ -329,10 +345,13 @@ def _build_initramfs(root: Path, release: str, deb: Path, busybox: Path | None, 
         packed = Path(tmp) / "initramfs.cpio.gz"
         run(
             [
-                "bash", "-c",
+                "bash",
+                "-c",
                 'set -euo pipefail; cd "$1"; find . -print0 | LC_ALL=C sort -z'
                 ' | cpio --null --quiet -o -H newc -R 0:0 | gzip -6n > "$2"',
-                "bash", str(stage), str(packed),
+                "bash",
+                str(stage),
+                str(packed),
             ],
             timeout=300,
         )
@@ -420,16 +439,14 @@ def _is_static_elf(path: Path) -> bool:
             head = f.read(64)
             if len(head) < 64 or head[:4] != b"\x7fELF" or head[4] != 2:
                 return False
-            phoff, = struct.unpack_from("<Q", head, 32)
+            (phoff,) = struct.unpack_from("<Q", head, 32)
             phentsize, phnum = struct.unpack_from("<HH", head, 54)
             f.seek(phoff)
             table = f.read(phentsize * phnum)
     except OSError:
         return False
     pt_interp = 3
-    return all(
-        struct.unpack_from("<I", table, i * phentsize)[0] != pt_interp for i in range(phnum)
-    )
+    return all(struct.unpack_from("<I", table, i * phentsize)[0] != pt_interp for i in range(phnum))
 
 
 def _file_sha256(path: Path) -> str:

@@ -1,22 +1,10 @@
-"""Fixtures for the keys integration tests: real etcd members started and stopped here."""
+"""The keys integration tests start real etcd members (`etcd_cluster`), real replica
+processes (`replica_proc`) and make throwaway TLS certificates (`tls_certs`); those helper
+modules sit beside the tests and are imported by name."""
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
 sys.path.insert(0, str(Path(__file__).parent))
-
-from etcd_cluster import EtcdCluster
-
-
-@pytest.fixture
-def etcd(tmp_path: Path) -> Iterator[EtcdCluster]:
-    cluster = EtcdCluster(tmp_path / "etcd", size=1).start()
-    try:
-        yield cluster
-    finally:
-        cluster.stop()

@@ -11,11 +11,14 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from tls_certs import TlsFiles
 
 ETCD = shutil.which("etcd") or "/usr/bin/etcd"
 
@@ -34,10 +37,11 @@ class Member:
     peer_port: int
     log_path: Path
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    scheme: str = "http"
 
     @property
     def client_url(self) -> str:
-        return f"http://127.0.0.1:{self.client_port}"
+        return f"{self.scheme}://127.0.0.1:{self.client_port}"
 
     @property
     def peer_url(self) -> str:
@@ -45,8 +49,12 @@ class Member:
 
 
 class EtcdCluster:
-    def __init__(self, root: Path, size: int = 1, *, max_txn_ops: int = 128) -> None:
+    def __init__(
+        self, root: Path, size: int = 1, *, max_txn_ops: int = 128, tls: TlsFiles | None = None
+    ) -> None:
+        """With `tls`, clients must speak https and show a certificate the CA signed."""
         self.root = root
+        self.tls = tls
         root.mkdir(parents=True, exist_ok=True)
         self.max_txn_ops = max_txn_ops
         self.members = [
@@ -56,6 +64,7 @@ class EtcdCluster:
                 client_port=free_port(),
                 peer_port=free_port(),
                 log_path=root / f"m{i}.log",
+                scheme="https" if tls else "http",
             )
             for i in range(size)
         ]
@@ -91,6 +100,13 @@ class EtcdCluster:
             "--logger", "zap",
             "--log-outputs", "stderr",
         ]  # fmt: skip
+        if self.tls is not None:
+            argv += [
+                "--cert-file", str(self.tls.server_cert),
+                "--key-file", str(self.tls.server_key),
+                "--client-cert-auth",
+                "--trusted-ca-file", str(self.tls.ca),
+            ]  # fmt: skip
         log = open(m.log_path, "ab")  # noqa: SIM115 - the child keeps it
         m.proc = subprocess.Popen(argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
         log.close()
@@ -120,7 +136,9 @@ class EtcdCluster:
             if m.proc is not None and m.proc.poll() is not None:
                 raise RuntimeError(f"etcd {m.name} exited: {m.log_path.read_text()[-2000:]}")
             try:
-                with urllib.request.urlopen(m.client_url + "/health", timeout=2) as r:
+                with urllib.request.urlopen(
+                    m.client_url + "/health", timeout=2, context=self._ssl_context()
+                ) as r:
                     body = r.read().decode()
                 if '"true"' in body:
                     return
@@ -129,6 +147,13 @@ class EtcdCluster:
                 last = str(exc)
             time.sleep(0.1)
         raise RuntimeError(f"etcd {m.name} not healthy after {timeout}s: {last}")
+
+    def _ssl_context(self) -> ssl.SSLContext | None:
+        if self.tls is None:
+            return None
+        context = ssl.create_default_context(cafile=str(self.tls.ca))
+        context.load_cert_chain(str(self.tls.client_cert), str(self.tls.client_key))
+        return context
 
     def stop(self) -> None:
         for m in self.members:

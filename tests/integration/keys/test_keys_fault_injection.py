@@ -141,11 +141,17 @@ class Churn:
 
 def rotate_with_kills(world: World, rng: random.Random, horizon: float) -> list[str]:
     """Drive one rotation to reencrypt_finished, SIGKILLing the CLI at random; return where
-    each kill landed (the command, and the stage and reencrypt cursor it left)."""
+    each kill landed (the command, and the stage and reencrypt cursor it left).
+
+    Each command is killed up to twice, after a random share (30% to 110%) of how long it
+    took when it last ran to its end: most of a short transition is the interpreter starting,
+    so a delay drawn from the whole run lands on the transition itself more often."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CRYPTVOL_")}
     rotation = Rotation(world.store)
     first_current = rotation.read()[0].current.id
     kills: list[str] = []
+    estimate = {"prepare": 0.5, "rotate": 0.5, "reencrypt": horizon}
+    killed: dict[str, int] = {"prepare": 0, "rotate": 0, "reencrypt": 0}
     with Churn(world, random.Random(rng.random())) as churn:
         for _ in range(40):
             record, _ = rotation.read()
@@ -161,15 +167,19 @@ def rotate_with_kills(world: World, rng: random.Random, horizon: float) -> list[
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
             )
-            if len(kills) < 6 and rng.random() < 0.8:
-                time.sleep(rng.uniform(0.05, horizon if command == "reencrypt" else 0.6))
+            started = time.monotonic()
+            if killed[command] < 2 and rng.random() < 0.85:
+                time.sleep(rng.uniform(0.3, 1.1) * estimate[command])
                 if proc.poll() is None:
                     proc.send_signal(signal.SIGKILL)
                     proc.wait()
+                    killed[command] += 1
                     cursor, _ = rotation.cursor()
                     done = f" at {cursor.done}/{cursor.total}" if cursor else ""
                     kills.append(f"{command}->{rotation.read()[0].stage}{done}")
             _, err = proc.communicate(timeout=300)
+            if proc.returncode == 0:
+                estimate[command] = time.monotonic() - started
             churn.running.clear()
             if proc.returncode not in (0, -signal.SIGKILL):
                 # A transition may be refused after a killed run already applied it.

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 from etcd_cluster import EtcdCluster
+from tls_certs import make_tls
 
+from cryptvol.errors import Unavailable
 from cryptvol.keys.store.base import Compare, Delete, Put, Store
 from cryptvol.keys.store.etcd import EtcdStore
 from cryptvol.keys.store.sqlite import SqliteStore
@@ -134,3 +136,24 @@ def test_range_with_max_revision_keeps_only_keys_written_up_to_it(store: Store) 
     assert [e.key for e in store.range("/m/", max_revision=upto)] == ["/m/a"]
     assert [e.key for e in store.range("/m/", max_revision=upto + 1)] == ["/m/a", "/m/b", "/m/c"]
     assert [e.key for e in store.range("/m/")] == ["/m/a", "/m/b", "/m/c"]
+
+
+def test_etcd_over_tls_with_a_client_certificate(tmp_path: Path) -> None:
+    """As in RKE2: https members that ask every client for a certificate from their CA."""
+    tls = make_tls(tmp_path / "tls")
+    cluster = EtcdCluster(tmp_path / "etcd", tls=tls).start()
+    try:
+        good = EtcdStore(
+            cluster.endpoints,
+            ca_file=tls.ca,
+            cert_file=tls.client_cert,
+            key_file=tls.client_key,
+        )
+        assert good.txn([Compare("/tls", 0)], [Put("/tls", b"yes")])
+        assert good.get("/tls").value == b"yes"  # type: ignore[union-attr]
+        good.close()
+        no_client_cert = EtcdStore(cluster.endpoints, ca_file=tls.ca, timeout=2)
+        with pytest.raises(Unavailable, match="etcd cannot be reached"):
+            no_client_cert.get("/tls")
+    finally:
+        cluster.stop()

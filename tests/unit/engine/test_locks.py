@@ -8,9 +8,12 @@ from cryptvol.errors import Aborted
 
 def test_a_second_operation_on_a_busy_volume_is_aborted_naming_the_first():
     locks = OperationLocks()
-    with locks.hold("vol-1", "NodeStageVolume"), pytest.raises(Aborted, match="NodeStageVolume"):
-        with locks.hold("vol-1", "NodeUnstageVolume"):
-            pass
+    with (
+        locks.hold("vol-1", "NodeStageVolume"),
+        pytest.raises(Aborted, match="NodeStageVolume"),
+        locks.hold("vol-1", "NodeUnstageVolume"),
+    ):
+        pass
 
 
 def test_operations_on_different_volumes_run_together():

@@ -15,7 +15,8 @@ from cryptvol.keys.kek_local import LocalKekProvider
 from cryptvol.keys.keyset import DEK_PREFIX, KeySetRecord
 from cryptvol.keys.manager import KeyManager, open_local
 from cryptvol.keys.replicas import REPLICA_PREFIX, ReplicaReport
-from cryptvol.keys.rotation import REENCRYPT_KEY, Rotation
+from cryptvol.keys.rotation import Rotation
+from cryptvol.keys.status import REENCRYPT_KEY
 from cryptvol.keys.store.base import Put
 from cryptvol.keys.store.sqlite import SqliteStore
 

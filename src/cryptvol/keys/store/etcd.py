@@ -17,6 +17,7 @@ import base64
 import math
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -47,17 +48,18 @@ def _unb64(text: str) -> bytes:
     return base64.b64decode(text)
 
 
-def parse_endpoints(endpoints: str | Sequence[str]) -> list[tuple[str, int]]:
-    """`http://127.0.0.1:2379,127.0.0.2:2379` → [(host, port), ...]. Plain http only here."""
+def parse_endpoints(endpoints: str | Sequence[str]) -> list[tuple[str, str, int]]:
+    """`https://10.0.0.1:2379,10.0.0.2:2379` → [(scheme, host, port), ...]; a bare HOST:PORT
+    is http."""
     items = endpoints.split(",") if isinstance(endpoints, str) else list(endpoints)
-    out: list[tuple[str, int]] = []
+    out: list[tuple[str, str, int]] = []
     for item in (i.strip() for i in items):
         if not item:
             continue
         url = urlsplit(item if "://" in item else f"http://{item}")
-        if url.scheme != "http" or not url.hostname:
-            raise InvalidArgument(f"etcd endpoint {item!r} is not http://HOST:PORT")
-        out.append((url.hostname, url.port or 2379))
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise InvalidArgument(f"etcd endpoint {item!r} is not http(s)://HOST:PORT")
+        out.append((url.scheme, url.hostname, url.port or 2379))
     if not out:
         raise InvalidArgument("no etcd endpoint given")
     return out
@@ -72,8 +74,16 @@ class EtcdStore:
         *,
         timeout: float = 5.0,
         max_txn_ops: int = DEFAULT_MAX_TXN_OPS,
+        ca_file: Path | None = None,
+        cert_file: Path | None = None,
+        key_file: Path | None = None,
     ) -> None:
+        """`ca_file` verifies https members; `cert_file` and `key_file` are the client
+        certificate for an etcd that asks for one (--client-cert-auth), as in RKE2."""
         self.endpoints = parse_endpoints(endpoints)
+        if (cert_file is None) != (key_file is None):
+            raise InvalidArgument("an etcd client certificate needs both its cert and key file")
+        self._tls = (ca_file, cert_file, key_file)
         self.timeout = timeout
         self.max_txn_ops = max_txn_ops
         # etcd commits concurrent proposals in one raft round and fsync; bulk writers
@@ -83,7 +93,7 @@ class EtcdStore:
         self._preferred = 0  # index of the last member that answered; tried first next time
 
     def describe(self) -> str:
-        return "etcd " + ",".join(f"{h}:{p}" for h, p in self.endpoints)
+        return "etcd " + ",".join(f"{s}://{h}:{p}" for s, h, p in self.endpoints)
 
     # -- transport ------------------------------------------------------------------------
 
@@ -91,8 +101,18 @@ class EtcdStore:
         clients: list[Etcd3Client] | None = getattr(self._local, "clients", None)
         if clients is None:
             clients = []
-            for host, port in self.endpoints:
-                client = Etcd3Client(host=host, port=port, timeout=self.timeout, api_path=_API_PATH)
+            ca, cert, key = self._tls
+            for scheme, host, port in self.endpoints:
+                client = Etcd3Client(
+                    host=host,
+                    port=port,
+                    protocol=scheme,
+                    ca_cert=str(ca) if ca else None,
+                    cert_cert=str(cert) if cert else None,
+                    cert_key=str(key) if key else None,
+                    timeout=self.timeout,
+                    api_path=_API_PATH,
+                )
                 # etcd is reached directly: no proxy or netrc lookups from the environment,
                 # which also cost a scan of os.environ on every request.
                 client.session.trust_env = False
@@ -115,6 +135,8 @@ class EtcdStore:
                 continue
             except Etcd3Exception as exc:
                 raise Internal(f"etcd refused {path}: {_short(exc)}") from None
+            except ValueError:  # an answer that is not JSON: not an etcd gateway
+                raise Internal(f"{client.host}:{client.port} did not answer as etcd") from None
             self._preferred = idx
             return result
         raise Unavailable("etcd cannot be reached: " + "; ".join(failures))

@@ -21,6 +21,7 @@ from typing import TypeVar
 from cryptvol.errors import Internal, InvalidArgument, Unavailable
 from cryptvol.keys.store.base import Compare, Delete, Entry, Put, prefix_end
 
+DB_FILE = "cryptvol.db"  # its name in a state dir
 _BUSY_TIMEOUT_MS = 30_000
 _IN_CHUNK = 500  # keys per `IN (...)` query, well under SQLite's bound-parameter limit
 
