@@ -31,6 +31,13 @@ class ServeSettings(BaseModel):
     log_json: bool = False
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     grace_seconds: float = Field(default=30.0, ge=0)
+    # A cluster keeps state in etcd; the KEK set is then sealed by a root key file (a
+    # path: the key itself never comes from configuration).
+    etcd_endpoints: str = ""
+    root_key: Path | None = None
+    etcd_ca_file: Path | None = None
+    etcd_cert_file: Path | None = None
+    etcd_key_file: Path | None = None
 
 
 def load_config_file(path: Path) -> dict[str, Any]:

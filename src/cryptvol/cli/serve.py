@@ -14,6 +14,7 @@ from cryptvol.cli.config import ServeSettings, load_config_file
 from cryptvol.csi.server import CsiServer
 from cryptvol.engine.driver import Driver, DriverSettings
 from cryptvol.errors import CryptvolError
+from cryptvol.keys.config import KeysConfig
 from cryptvol.system import logs
 
 log = logging.getLogger("cryptvol.serve")
@@ -43,15 +44,29 @@ def _load_defaults(ctx: click.Context, _param: click.Parameter, value: Path | No
 @click.option("--log-level", envvar="CRYPTVOL_LOG_LEVEL", default="info",
               type=click.Choice(["debug", "info", "warning", "error"]))
 @click.option("--grace-seconds", envvar="CRYPTVOL_GRACE_SECONDS", type=float, default=30.0)
+@click.option("--etcd-endpoints", envvar="CRYPTVOL_ETCD_ENDPOINTS", default="",
+              help="Comma-separated etcd URLs; state then lives in etcd (default: SQLite).")
+@click.option("--root-key", envvar="CRYPTVOL_ROOT_KEY", type=click.Path(path_type=Path),
+              default=None, help="File of the root key sealing the KEK set (needed with etcd).")
+@click.option("--etcd-ca-file", envvar="CRYPTVOL_ETCD_CA_FILE", type=click.Path(path_type=Path),
+              default=None)
+@click.option("--etcd-cert-file", envvar="CRYPTVOL_ETCD_CERT_FILE",
+              type=click.Path(path_type=Path), default=None)
+@click.option("--etcd-key-file", envvar="CRYPTVOL_ETCD_KEY_FILE",
+              type=click.Path(path_type=Path), default=None)
 def serve_command(**options: Any) -> None:
     """Serve the CSI Identity, Controller and Node services on a unix socket."""
     options = {k: v for k, v in options.items() if v is not None}
     settings = ServeSettings.model_validate(options)
     logs.configure(settings.log_json, settings.log_level)
     try:
+        keys = KeysConfig(state_dir=settings.state_dir, etcd_endpoints=settings.etcd_endpoints,
+                          root_key=settings.root_key, etcd_ca_file=settings.etcd_ca_file,
+                          etcd_cert_file=settings.etcd_cert_file,
+                          etcd_key_file=settings.etcd_key_file)
         driver = Driver(DriverSettings(node_id=settings.node_id, role=settings.role,
                                        state_dir=settings.state_dir,
-                                       pool_dir=settings.pool_dir))
+                                       pool_dir=settings.pool_dir, keys=keys))
         server = CsiServer(driver, settings.endpoint)
         server.start()
     except CryptvolError as exc:

@@ -14,7 +14,8 @@ from cryptvol.engine.locks import OperationLocks
 from cryptvol.engine.node import NodeEngine
 from cryptvol.engine.records import VolumeRepository
 from cryptvol.errors import CryptvolError, Unavailable
-from cryptvol.keys.manager import open_local
+from cryptvol.keys.config import KeysConfig, open_keys
+from cryptvol.keys.replica import Replica
 from cryptvol.keys.store.base import Put
 from cryptvol.luks.budget import MemoryBudget
 from cryptvol.luks.probe import HostProbe, probe_host
@@ -29,13 +30,23 @@ class DriverSettings:
     role: Role
     state_dir: Path
     pool_dir: Path
+    keys: KeysConfig | None = None
 
 
 class Driver:
     def __init__(self, settings: DriverSettings) -> None:
         self.settings = settings
         settings.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.store, self.keys = open_local(settings.state_dir)
+        keys_config = settings.keys or KeysConfig(state_dir=settings.state_dir)
+        # With etcd, a driver whose store is unreachable or whose key set cannot load yet
+        # starts anyway and answers Probe "not ready" until it has loaded. The embedded
+        # store is local: a missing or corrupt KEK file there will not heal by waiting,
+        # so it stops the start with the reason.
+        self.store, self.keys = open_keys(keys_config, lazy=bool(keys_config.etcd_endpoints))
+        self.replica: Replica | None = None
+        if settings.role in ("all", "controller"):
+            # Controllers wrap new DEKs, so they take part in KEK rotation agreement.
+            self.replica = Replica(self.keys, name=settings.node_id, role="controller").start()
         self.volumes = VolumeRepository(self.store)
         self.backend = LoopBackend(settings.pool_dir)
         # One lock table for both services: a node and a controller operation on the same
@@ -88,7 +99,10 @@ class Driver:
         return self.settings.role in ("all", "node")
 
     def ready(self) -> bool:
-        return self._host is not None and self.keys.ready()
+        keys_ready = self.replica.ready() if self.replica else self.keys.ready()
+        return self._host is not None and keys_ready
 
     def close(self) -> None:
+        if self.replica is not None:
+            self.replica.stop()
         self.store.close()

@@ -94,3 +94,30 @@ def test_a_config_file_cannot_carry_a_secret(tmp_path, line):
     assert result.returncode != 0
     assert "unknown setting" in result.stderr
     assert "hunter2" not in result.stderr and "c2VjcmV0" not in result.stderr
+
+
+@pytest.mark.parametrize("damage", ["delete", "corrupt"])
+def test_a_missing_or_corrupt_kek_file_stops_the_start_and_no_new_key_is_made(tmp_path, damage):
+    from cryptvol.csi.client import mount_capability
+    from cryptvol.csi.gen import csi_pb2 as pb
+
+    running = RunningDriver(tmp_path)
+    client = running.start()
+    client.controller.CreateVolume(pb.CreateVolumeRequest(
+        name="v", volume_capabilities=[mount_capability("ext4")]))
+    running.stop()
+    kek = running.state_dir / "kek.json"
+    if damage == "delete":
+        kek.unlink()
+    else:
+        kek.write_text("{not json")
+    result = subprocess.run(
+        [sys.executable, "-m", "cryptvol", "serve", "--endpoint", running.endpoint,
+         "--state-dir", str(running.state_dir), "--pool-dir", str(running.pool_dir)],
+        capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert "kek" in result.stderr.lower()
+    if damage == "delete":
+        assert not kek.exists()
+    else:
+        assert kek.read_text() == "{not json"
