@@ -30,8 +30,9 @@ QEMU = "qemu-system-x86_64"
 MEMORY_ENV = "CRYPTVOL_VM_MEMORY_MIB"
 DEFAULT_MEMORY_MIB = 3072
 CPU_ENV = "CRYPTVOL_VM_CPU"
-# Under TCG, Python in the guest ran 2-3 times slower with `-cpu max` (AVX and all,
-# emulated) than with a pre-AVX model; AES-NI stays, for dm-crypt.
+# Under TCG, Python imports in the guest ran 30% (idle host) to 2.5 times (busy host)
+# slower with `-cpu max` (AVX and all, emulated) than with this pre-AVX model; AES-NI
+# stays, for dm-crypt.
 TCG_CPU = "Nehalem,+aes,+pclmulqdq"
 # Set in the guest so code and tests know they run in the throwaway VM.
 IN_VM_ENV = "CRYPTVOL_IN_VM"

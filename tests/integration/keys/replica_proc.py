@@ -13,7 +13,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from etcd_cluster import free_port
+from support.etcd_cluster import free_port
 
 
 class ReplicaProc:

@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from etcd_cluster import EtcdCluster
 
 from cryptvol.keys import envelope
 from cryptvol.keys.kek import KekProvider
@@ -37,6 +36,7 @@ from cryptvol.keys.store.base import Put, Store
 from cryptvol.keys.store.etcd import EtcdStore
 from cryptvol.keys.store.sqlite import SqliteStore
 from cryptvol.system.secret import Secret
+from support.etcd_cluster import EtcdCluster
 
 N_DEKS = 10_000
 NEXT_COMMAND = {

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from etcd_cluster import EtcdCluster
 from replica_proc import ReplicaProc
 
 from cryptvol.keys import envelope
@@ -23,6 +22,7 @@ from cryptvol.keys.kek_rootkey import RootKeyProvider, make_root_key
 from cryptvol.keys.keyset import DEK_PREFIX
 from cryptvol.keys.manager import KeyManager
 from cryptvol.keys.store.etcd import EtcdStore
+from support.etcd_cluster import EtcdCluster
 
 
 def keys_cli(

@@ -7,13 +7,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from etcd_cluster import EtcdCluster
-from tls_certs import make_tls
 
 from cryptvol.errors import Unavailable
 from cryptvol.keys.store.base import Compare, Delete, Put, Store
 from cryptvol.keys.store.etcd import EtcdStore
 from cryptvol.keys.store.sqlite import SqliteStore
+from support.etcd_cluster import EtcdCluster
+from support.tls_certs import make_tls
 
 
 @pytest.fixture(params=["sqlite", "etcd"])

@@ -18,7 +18,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tls_certs import TlsFiles
+from support.tls_certs import TlsFiles
 
 ETCD = shutil.which("etcd") or "/usr/bin/etcd"
 

@@ -1,0 +1,84 @@
+"""The driver with its state in a real etcd: volume records and wrapped keys both there."""
+
+import os
+import subprocess
+import sys
+import time
+
+import grpc
+import pytest
+
+from cryptvol.csi.client import CsiClient, mount_capability
+from cryptvol.csi.gen import csi_pb2 as pb
+from support.driver import RunningDriver
+from support.etcd_cluster import EtcdCluster
+
+
+@pytest.fixture
+def etcd(tmp_path):
+    cluster = EtcdCluster(tmp_path / "etcd")
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def root_key(tmp_path):
+    path = tmp_path / "root.key"
+    subprocess.run([sys.executable, "-m", "cryptvol", "keys", "init-root-key", str(path)],
+                   check=True, capture_output=True)
+    return path
+
+
+def _driver(tmp_path, etcd, root_key, name="d1"):
+    running = RunningDriver(tmp_path / name)
+    running.work.mkdir()
+    running.extra_env = {"CRYPTVOL_ETCD_ENDPOINTS": etcd.endpoints,
+                         "CRYPTVOL_ROOT_KEY": str(root_key)}
+    return running
+
+
+def test_volumes_and_keys_live_in_etcd(tmp_path, etcd, root_key):
+    etcd.start()
+    running = _driver(tmp_path, etcd, root_key)
+    client = running.start()
+    try:
+        vol = client.controller.CreateVolume(pb.CreateVolumeRequest(
+            name="in-etcd", volume_capabilities=[mount_capability("ext4")])).volume
+        assert not (running.state_dir / "cryptvol.db").exists()
+        listed = client.controller.ListVolumes(pb.ListVolumesRequest()).entries
+        assert [e.volume.volume_id for e in listed] == [vol.volume_id]
+        client.controller.DeleteVolume(pb.DeleteVolumeRequest(volume_id=vol.volume_id))
+    finally:
+        running.stop()
+
+
+def test_a_driver_started_while_etcd_is_down_is_not_ready_until_it_is_back(tmp_path, etcd,
+                                                                           root_key):
+    running = _driver(tmp_path, etcd, root_key)
+    import os
+
+    from cryptvol.csi.client import CsiClient
+
+    env = dict(os.environ, **running.extra_env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cryptvol", "serve", "--endpoint", running.endpoint,
+         "--node-id", "n1", "--state-dir", str(running.state_dir),
+         "--pool-dir", str(running.pool_dir)], env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        with CsiClient(running.endpoint) as client:
+            for _ in range(100):
+                try:
+                    ready = client.identity.Probe(pb.ProbeRequest(), timeout=2).ready.value
+                    break
+                except grpc.RpcError:
+                    time.sleep(0.1)
+            assert ready is False
+            assert proc.poll() is None, "the driver must stay up while etcd is down"
+            etcd.start()
+            client.wait_ready(60)
+            client.controller.CreateVolume(pb.CreateVolumeRequest(
+                name="after", volume_capabilities=[mount_capability("ext4")]))
+    finally:
+        proc.terminate()
+        assert proc.wait(60) == 0
