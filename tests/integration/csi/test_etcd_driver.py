@@ -55,10 +55,6 @@ def test_volumes_and_keys_live_in_etcd(tmp_path, etcd, root_key):
 def test_a_driver_started_while_etcd_is_down_is_not_ready_until_it_is_back(tmp_path, etcd,
                                                                            root_key):
     running = _driver(tmp_path, etcd, root_key)
-    import os
-
-    from cryptvol.csi.client import CsiClient
-
     env = dict(os.environ, **running.extra_env)
     proc = subprocess.Popen(
         [sys.executable, "-m", "cryptvol", "serve", "--endpoint", running.endpoint,
