@@ -96,6 +96,8 @@ def guest_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
             "HOME": "/root",
             "TMPDIR": "/tmp",
             IN_VM_ENV: "1",
+            # The host root is read-only in the guest: no point trying to cache bytecode.
+            "PYTHONDONTWRITEBYTECODE": "1",
             # The guest has no udev; dmsetup and LVM must not wait for it.
             "DM_DISABLE_UDEV": "1",
         }
