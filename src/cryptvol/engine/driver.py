@@ -69,8 +69,13 @@ class Driver:
     def _probe(self) -> None:
         try:
             host = probe_host()
-            self.store.txn([], [Put(f"/cryptvol/nodes/{self.settings.node_id}/probe",
-                                    host.to_json().encode())])
+            try:
+                self.store.txn([], [Put(f"/cryptvol/nodes/{self.settings.node_id}/probe",
+                                        host.to_json().encode())])
+            except Unavailable:
+                # The probe is for this process first; the copy in the store (what
+                # `cryptvol doctor` of another node could read) can wait for the next start.
+                log.warning("host probe not cached: state store unreachable")
             self.budget = MemoryBudget.for_host(host)
             self.node.budget = self.budget
             self._host = host

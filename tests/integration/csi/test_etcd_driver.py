@@ -60,7 +60,7 @@ def test_a_driver_started_while_etcd_is_down_is_not_ready_until_it_is_back(tmp_p
         [sys.executable, "-m", "cryptvol", "serve", "--endpoint", running.endpoint,
          "--node-id", "n1", "--state-dir", str(running.state_dir),
          "--pool-dir", str(running.pool_dir)], env=env,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        stdout=open(running.work / "serve.log", "wb"), stderr=subprocess.STDOUT)
     try:
         with CsiClient(running.endpoint) as client:
             for _ in range(100):
