@@ -172,7 +172,7 @@ def demo_command(work_dir: Path | None) -> None:
         click.echo("this host has no device-mapper: running the demo inside a throwaway VM "
                    "with a real kernel")
         code = run_in_vm([sys.executable, "-m", "cryptvol", "demo"], cwd=Path.cwd(),
-                         env={"CRYPTVOL_IN_VM": "1"}, timeout=900)
+                         timeout=900)
         sys.exit(code)
     with tempfile.TemporaryDirectory(prefix="cryptvol-demo-", dir=work_dir) as tmp:
         click.echo(f"cryptvol demo in {tmp}")

@@ -78,6 +78,7 @@ def run(
     timeout: float = 120.0,
     check: bool = True,
     env: Mapping[str, str] | None = None,
+    cwd: str | None = None,
 ) -> CommandResult:
     """Run `argv` and return its result; raise `CommandError` on failure when `check`."""
     if secret is not None and stdin_text is not None:
@@ -110,6 +111,7 @@ def run(
                 capture_output=True,
                 timeout=timeout,
                 env=full_env,
+                cwd=cwd,
                 pass_fds=tuple(fd_for.values()),
                 check=False,
             )

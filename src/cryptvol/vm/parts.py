@@ -290,12 +290,9 @@ def _uncompressed_kernel(bzimage: Path) -> bytes | None:
 
 
 def _download(package: str, into: Path) -> None:
-    # apt-get download writes to its working directory; run() has none, so a shell sets it.
+    # apt-get download writes into its working directory.
     try:
-        run(
-            ["sh", "-c", 'cd "$1" && exec apt-get download "$2"', "sh", str(into), package],
-            timeout=_APT_TIMEOUT,
-        )
+        run(["apt-get", "download", package], cwd=str(into), timeout=_APT_TIMEOUT)
     except CommandError as exc:
         raise VmUnavailable(f"cannot download {package} from the package registry: {exc}") from None
 
