@@ -224,3 +224,26 @@ def test_a_volume_larger_than_the_pool_is_refused_and_leaves_nothing(csi, driver
     assert list(driver.pool_dir.iterdir()) == []
     assert not csi.controller.ListVolumes(pb.ListVolumesRequest()).entries
     create(csi, name="huge", size=64 * MIB)
+
+
+def test_every_controller_and_identity_rpc_called_twice_gives_the_same_answer(csi):
+    volume = create(csi)
+    vid = volume.volume_id
+    calls = [
+        lambda: csi.identity.GetPluginInfo(pb.GetPluginInfoRequest()),
+        lambda: csi.identity.GetPluginCapabilities(pb.GetPluginCapabilitiesRequest()),
+        lambda: csi.identity.Probe(pb.ProbeRequest()),
+        lambda: csi.controller.ControllerGetCapabilities(pb.ControllerGetCapabilitiesRequest()),
+        lambda: create(csi),
+        lambda: csi.controller.ControllerGetVolume(pb.ControllerGetVolumeRequest(volume_id=vid)),
+        lambda: csi.controller.ValidateVolumeCapabilities(pb.ValidateVolumeCapabilitiesRequest(
+            volume_id=vid, volume_capabilities=[mount_capability("ext4")])),
+        lambda: csi.controller.ListVolumes(pb.ListVolumesRequest(max_entries=1)),
+        lambda: csi.controller.ControllerExpandVolume(pb.ControllerExpandVolumeRequest(
+            volume_id=vid, capacity_range=pb.CapacityRange(required_bytes=96 * MIB))),
+        lambda: csi.node.NodeGetInfo(pb.NodeGetInfoRequest()),
+        lambda: csi.node.NodeGetCapabilities(pb.NodeGetCapabilitiesRequest()),
+        lambda: csi.controller.DeleteVolume(pb.DeleteVolumeRequest(volume_id=vid)),
+    ]
+    for call in calls:
+        assert call() == call()
