@@ -85,6 +85,19 @@ class Volume:
             ).capacity_bytes
         )
 
+    def cycle(self, digest: str) -> None:
+        """Unpublish, unstage, stage and publish again; the data must have survived."""
+        self.unpublish()
+        self.unstage()
+        self.stage()
+        self.publish()
+        assert self.checksum() == digest
+
+    def release(self) -> None:
+        """Unpublish and unstage: what kubelet does when the pod goes away."""
+        self.unpublish()
+        self.unstage()
+
     def delete(self) -> None:
         self.csi.controller.DeleteVolume(pb.DeleteVolumeRequest(volume_id=self.volume_id))
 

@@ -9,12 +9,24 @@ from cryptvol.csi import convert
 from cryptvol.csi.gen import csi_pb2, csi_pb2_grpc
 from cryptvol.engine.capabilities import check_capabilities
 from cryptvol.engine.node import NodeEngine
+from cryptvol.engine.types import Capability
 from cryptvol.errors import InvalidArgument
 
 _Cap = csi_pb2.NodeServiceCapability.RPC
 _OFFERED = (_Cap.STAGE_UNSTAGE_VOLUME, _Cap.GET_VOLUME_STATS, _Cap.EXPAND_VOLUME,
             _Cap.VOLUME_CONDITION)
 _Unit = csi_pb2.VolumeUsage.Unit
+
+
+def _served_capability(
+    request: csi_pb2.NodeStageVolumeRequest | csi_pb2.NodePublishVolumeRequest,
+) -> Capability:
+    """The request's one capability, required, and one this driver serves."""
+    if not request.HasField("volume_capability"):
+        raise InvalidArgument("volume_capability is required")
+    cap = convert.capability(request.volume_capability)
+    check_capabilities([cap])
+    return cap
 
 
 class NodeServicer(csi_pb2_grpc.NodeServicer):  # type: ignore[misc]
@@ -26,10 +38,7 @@ class NodeServicer(csi_pb2_grpc.NodeServicer):  # type: ignore[misc]
                         context: grpc.ServicerContext) -> csi_pb2.NodeStageVolumeResponse:
         volume_id = convert.require(request.volume_id, "volume_id")
         path = convert.require(request.staging_target_path, "staging_target_path")
-        if not request.HasField("volume_capability"):
-            raise InvalidArgument("volume_capability is required")
-        cap = convert.capability(request.volume_capability)
-        check_capabilities([cap])
+        cap = _served_capability(request)
         self.engine.stage(volume_id, path, cap, dict(request.secrets))
         return csi_pb2.NodeStageVolumeResponse()
 
@@ -45,10 +54,7 @@ class NodeServicer(csi_pb2_grpc.NodeServicer):  # type: ignore[misc]
         volume_id = convert.require(request.volume_id, "volume_id")
         target = convert.require(request.target_path, "target_path")
         staging = convert.require(request.staging_target_path, "staging_target_path")
-        if not request.HasField("volume_capability"):
-            raise InvalidArgument("volume_capability is required")
-        cap = convert.capability(request.volume_capability)
-        check_capabilities([cap])
+        cap = _served_capability(request)
         self.engine.publish(volume_id, staging, target, cap, request.readonly)
         return csi_pb2.NodePublishVolumeResponse()
 

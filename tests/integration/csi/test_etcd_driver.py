@@ -56,11 +56,12 @@ def test_a_driver_started_while_etcd_is_down_is_not_ready_until_it_is_back(tmp_p
                                                                            root_key):
     running = _driver(tmp_path, etcd, root_key)
     env = dict(os.environ, **running.extra_env)
+    log = (running.work / "serve.log").open("wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "cryptvol", "serve", "--endpoint", running.endpoint,
          "--node-id", "n1", "--state-dir", str(running.state_dir),
          "--pool-dir", str(running.pool_dir)], env=env,
-        stdout=open(running.work / "serve.log", "wb"), stderr=subprocess.STDOUT)
+        stdout=log, stderr=subprocess.STDOUT)
     try:
         with CsiClient(running.endpoint) as client:
             for _ in range(100):
@@ -78,3 +79,4 @@ def test_a_driver_started_while_etcd_is_down_is_not_ready_until_it_is_back(tmp_p
     finally:
         proc.terminate()
         assert proc.wait(60) == 0
+        log.close()

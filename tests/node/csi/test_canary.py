@@ -73,8 +73,7 @@ def test_no_key_material_in_logs_errors_argv_or_environment(csi, driver, tmp_pat
     assert deks and keks
 
     for vol in volumes:
-        vol.unpublish()
-        vol.unstage()
+        vol.release()
         vol.delete()
 
     haystack = "\n".join(driver.log_lines() + messages).encode()

@@ -64,13 +64,8 @@ def test_online_expansion_twice_keeps_data(csi, tmp_path, kind, key_source, keyr
         assert vol.expand(size) >= size
         assert vol.size_seen() > before, f"did not grow at step {step}"
         assert vol.checksum() == digest
-    vol.unpublish()
-    vol.unstage()
-    vol.stage()
-    vol.publish()
-    assert vol.checksum() == digest
-    vol.unpublish()
-    vol.unstage()
+    vol.cycle(digest)
+    vol.release()
     vol.delete()
 
 
@@ -80,8 +75,7 @@ def test_a_volume_expanded_while_unstaged_grows_at_its_next_stage(csi, tmp_path)
     vol.publish()
     digest = vol.write()
     before = vol.size_seen()
-    vol.unpublish()
-    vol.unstage()
+    vol.release()
     csi.controller.ControllerExpandVolume(
         pb.ControllerExpandVolumeRequest(
             volume_id=vol.volume_id, capacity_range=pb.CapacityRange(required_bytes=160 * MIB)
@@ -91,8 +85,7 @@ def test_a_volume_expanded_while_unstaged_grows_at_its_next_stage(csi, tmp_path)
     vol.publish()
     assert vol.size_seen() > before + 64 * MIB
     assert vol.checksum() == digest
-    vol.unpublish()
-    vol.unstage()
+    vol.release()
 
 
 def test_a_crash_between_resize_and_filesystem_grow_completes_on_retry(driver, tmp_path):
@@ -123,8 +116,7 @@ def test_a_crash_between_resize_and_filesystem_grow_completes_on_retry(driver, t
     assert vol.expand(160 * MIB) >= 160 * MIB
     assert vol.size_seen() > before
     assert vol.checksum() == digest
-    vol.unpublish()
-    vol.unstage()
+    vol.release()
 
 
 def _node_expand(vol, size, secrets):
@@ -198,13 +190,8 @@ def test_bad_expansions_are_refused_and_the_volume_still_works(csi, tmp_path, at
     assert says in info.value.details()
     assert PASSPHRASE not in info.value.details()
     assert vol.checksum() == digest
-    vol.unpublish()
-    vol.unstage()
-    vol.stage()
-    vol.publish()
-    assert vol.checksum() == digest
-    vol.unpublish()
-    vol.unstage()
+    vol.cycle(digest)
+    vol.release()
     vol.delete()
 
 
@@ -218,8 +205,7 @@ def test_the_passphrase_appears_in_no_log_argv_or_environment(driver, tmp_path):
         _node_expand(vol, 128 * MIB, {"passphrase": PASSPHRASE + "-wrong"})
     except grpc.RpcError as exc:
         assert PASSPHRASE not in (exc.details() or "")
-    vol.unpublish()
-    vol.unstage()
+    vol.release()
     vol.delete()
     import json
 

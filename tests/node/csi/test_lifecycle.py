@@ -15,11 +15,7 @@ def test_a_volume_lives_its_whole_life_and_keeps_its_data(csi, driver, tmp_path,
     vol.stage()
     vol.publish()
     digest = vol.write(seed=b"MARKER-" + kind.encode())
-    vol.unpublish()
-    vol.unstage()
-    vol.stage()
-    vol.publish()
-    assert vol.checksum() == digest
+    vol.cycle(digest)
 
     backing = driver.pool_dir / f"{vol.volume_id}.img"
     assert b"MARKER-" + kind.encode() not in backing.read_bytes()
@@ -31,8 +27,7 @@ def test_a_volume_lives_its_whole_life_and_keeps_its_data(csi, driver, tmp_path,
     assert vol.size_seen() > before
     assert vol.checksum() == digest
 
-    vol.unpublish()
-    vol.unstage()
+    vol.release()
     vol.delete()
     assert not backing.exists()
 
@@ -43,8 +38,7 @@ def test_a_read_only_publish_refuses_writes(csi, tmp_path):
     vol.publish(readonly=True)
     with pytest.raises(OSError):
         (vol.target / "x").write_text("no")
-    vol.unpublish()
-    vol.unstage()
+    vol.release()
 
 
 def test_the_luks_header_uses_managed_pbkdf2_at_minimum_cost(csi, driver, tmp_path):
@@ -82,8 +76,7 @@ def test_stats_report_usage_and_an_abnormal_condition_when_the_mount_is_gone(csi
         pb.NodeGetVolumeStatsRequest(volume_id=vol.volume_id, volume_path=str(vol.target))
     )
     assert stats.volume_condition.abnormal
-    vol.unpublish()
-    vol.unstage()
+    vol.release()
 
 
 def test_a_device_holding_data_is_never_formatted(csi, driver, tmp_path):

@@ -66,8 +66,7 @@ def test_two_concurrent_operations_on_one_volume_one_is_aborted(csi, tmp_path):
     vol.publish()
     digest = vol.write()
     assert vol.checksum() == digest
-    vol.unpublish()
-    vol.unstage()
+    vol.release()
 
 
 @pytest.mark.parametrize("point", ["stage:after-format", "stage:after-open", "stage:after-mkfs"])
@@ -85,8 +84,7 @@ def test_a_driver_killed_mid_stage_converges_on_retry(driver, tmp_path, point):
     vol.stage()
     vol.publish()
     digest = vol.write()
-    vol.unpublish()
-    vol.unstage()
+    vol.release()
     # Killed again after the data exists: the retry must open, never reformat.
     vol.csi = driver.restart(failpoints="stage:after-open")
     with pytest.raises(grpc.RpcError):
@@ -96,8 +94,7 @@ def test_a_driver_killed_mid_stage_converges_on_retry(driver, tmp_path, point):
     vol.stage()
     vol.publish()
     assert vol.checksum() == digest
-    vol.unpublish()
-    vol.unstage()
+    vol.release()
 
 
 @pytest.mark.parametrize("point", ["create:after-record", "create:after-backing"])
@@ -115,6 +112,5 @@ def test_a_driver_killed_mid_create_converges_on_retry(driver, tmp_path, point):
     vol.publish()
     digest = vol.write()
     assert vol.checksum() == digest
-    vol.unpublish()
-    vol.unstage()
+    vol.release()
     vol.delete()
