@@ -56,8 +56,7 @@ class RpcInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
                 code = code_for(exc)
                 context.abort(code, message_for(exc))
             except Exception as exc:
-                if isinstance(exc, grpc.RpcError) or type(exc).__name__ == "_AbortError":
-                    raise
+                # Servicers never abort themselves: every error they raise lands here once.
                 code = grpc.StatusCode.INTERNAL
                 log.error("unexpected error", extra={"method": method,
                                                      "error_type": type(exc).__name__})
