@@ -152,8 +152,11 @@ def serial_tail(path: Path, lines: int = _SERIAL_TAIL_LINES) -> str:
         raw = path.read_bytes()[-64 * 1024 :]
     except OSError:
         return ""
-    text = _ANSI.sub(b"", raw).decode(errors="replace")
-    return "\n".join(text.splitlines()[-lines:])
+    text = _ANSI.sub(b"", raw).decode(errors="replace").splitlines()
+    tail = text[-lines:]
+    # A panic's stack trace can push its one-line reason out of the tail: keep it on top.
+    reasons = [ln for ln in text[:-lines] if "Kernel panic" in ln]
+    return "\n".join(reasons[-1:] + tail)
 
 
 def _prepare_control(work: Path, argv: Sequence[str], cwd: Path, env: Mapping[str, str]) -> Path:
