@@ -18,7 +18,6 @@ which runs the whole PBKDF and stops before creating a mapping.
 from __future__ import annotations
 
 import argparse
-import os
 import resource
 import statistics
 import sys
@@ -29,24 +28,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
 from cryptvol.luks import cryptsetup
 from cryptvol.luks.budget import MemoryBudget
 from cryptvol.luks.cryptsetup import FormatOptions
 from cryptvol.luks.policy import parse_luks_parameters, plan
 from cryptvol.luks.probe import probe_host
 from cryptvol.system.secret import Secret
+from support.rss import cryptsetup_rss_kib
 
 HEADER_BYTES = 16 * 1024 * 1024
 MANAGED_KEY = Secret(bytes(range(32)))
 PASSPHRASE = Secret(b"correct horse battery staple")
-
-
-def _ours(status: str) -> list[str]:
-    """The lines of a /proc status, if the process is a child of this one (other work on
-    the machine may run cryptsetup too); else none."""
-    lines = status.splitlines()
-    ppid = next((ln.split()[1] for ln in lines if ln.startswith("PPid:")), "")
-    return lines if ppid == str(os.getpid()) else []
 
 
 @dataclass
@@ -97,22 +91,8 @@ class RssSampler:
         self._thread.join()
 
     def _run(self) -> None:
-        proc = Path("/proc")
         while not self._stop.is_set():
-            total = 0
-            count = 0
-            for entry in proc.iterdir():
-                if not entry.name.isdigit():
-                    continue
-                try:
-                    if (entry / "comm").read_text().strip() != "cryptsetup":
-                        continue
-                    for line in _ours((entry / "status").read_text()):
-                        if line.startswith("VmRSS:"):
-                            total += int(line.split()[1])
-                            count += 1
-                except OSError:
-                    continue  # the process ended while we looked
+            total, count = cryptsetup_rss_kib()
             if total > self.peak_kib:
                 self.peak_kib, self.peak_processes = total, count
             self._stop.wait(self.interval)

@@ -3,7 +3,6 @@ summed resident memory stays within it."""
 
 from __future__ import annotations
 
-import os
 import threading
 from pathlib import Path
 
@@ -11,33 +10,14 @@ from cryptvol.luks import cryptsetup
 from cryptvol.luks.budget import CRYPTSETUP_PROCESS_KIB, MemoryBudget
 from cryptvol.luks.cryptsetup import FormatOptions
 from cryptvol.system.secret import Secret
+from support.rss import cryptsetup_rss_kib
 
 PASSPHRASE = Secret(b"correct horse battery staple")
 ARGON2_KIB = 32 * 1024
 
 
-def _ours(status: str) -> list[str]:
-    """The lines of a /proc status, if the process is a child of this one (other work on
-    the machine may run cryptsetup too); else none."""
-    lines = status.splitlines()
-    ppid = next((ln.split()[1] for ln in lines if ln.startswith("PPid:")), "")
-    return lines if ppid == str(os.getpid()) else []
-
-
 def _cryptsetup_rss_kib() -> int:
-    total = 0
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            if (entry / "comm").read_text().strip() != "cryptsetup":
-                continue
-            for line in _ours((entry / "status").read_text()):
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-        except OSError:
-            continue  # ended while we looked
-    return total
+    return cryptsetup_rss_kib()[0]
 
 
 def test_parallel_argon2_unlocks_stay_within_the_budget(header: Path) -> None:
