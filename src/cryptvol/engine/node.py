@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,7 +114,7 @@ class NodeEngine:
             if not cryptsetup.is_active(name):
                 self._open(record, device, name, key)
             mapped = str(cryptsetup.mapping_path(name))
-            self._fit_mapping(record, name, key)
+            self._fit_mapping(record, name, self.backend.refresh(volume_id), lambda: key)
             size = device_size(mapped)
             if cap.access_type is AccessType.MOUNT:
                 fs_type = cap.fs_type or record.fs_type
@@ -164,19 +164,20 @@ class NodeEngine:
         return self.budget.reserve(kib, self.budget_timeout,
                                    what=f"NodeStageVolume {record.id}")
 
-    def _fit_mapping(self, record: VolumeRecord, name: str, key: Secret) -> None:
-        """Grow the mapping to its backing device after an expansion (online or offline)."""
-        backing = self.backend.refresh(record.id)
-        mapped = str(cryptsetup.mapping_path(name))
-        if device_size(mapped) + LUKS2_HEADER_BYTES >= backing:
-            return
+    def _fit_mapping(self, record: VolumeRecord, name: str, backing: int,
+                     key_for: Callable[[], Secret]) -> bool:
+        """Grow the mapping to fill `backing` bytes after an expansion (online or offline);
+        return whether it grew. The key is asked for only when cryptsetup needs it: with the
+        volume key in the kernel keyring."""
+        if device_size(str(cryptsetup.mapping_path(name))) + LUKS2_HEADER_BYTES >= backing:
+            return False
         status = cryptsetup.status(name)
         if status is None:
-            raise FailedPrecondition(f"mapping {name} vanished while staging {record.id}")
-        if status.size_bytes + LUKS2_HEADER_BYTES < backing:
-            needs_key = status.key_location == "keyring"
-            with _explain_wrong_key(record):
-                cryptsetup.resize(name, key if needs_key else None)
+            raise FailedPrecondition(f"mapping {name} of volume {record.id} is not open")
+        key = key_for() if status.key_location == "keyring" else None
+        with _explain_wrong_key(record):
+            cryptsetup.resize(name, key)
+        return True
 
     # --- NodeUnstageVolume ------------------------------------------------------------------
     def unstage(self, volume_id: str, staging_path: str) -> None:
@@ -232,8 +233,7 @@ class NodeEngine:
             if not os.path.exists(volume_path):
                 raise NotFound(f"volume path {volume_path} does not exist")
             name = cryptsetup.mapping_name(volume_id)
-            status = cryptsetup.status(name)
-            if status is None:
+            if not cryptsetup.is_active(name):
                 raise FailedPrecondition(f"volume {volume_id} is not staged on this node")
             device = self.backend.attached_device(volume_id)
             if device is None:
@@ -244,12 +244,8 @@ class NodeEngine:
                     f"the backing volume holds {backing - LUKS2_HEADER_BYTES} usable bytes, "
                     f"less than the {required} asked; run ControllerExpandVolume first"
                 )
-            if status.size_bytes + LUKS2_HEADER_BYTES < backing:
-                key = None
-                if status.key_location == "keyring":
-                    key = self._key(record, secrets, "NodeExpandVolume")
-                with _explain_wrong_key(record):
-                    cryptsetup.resize(name, key)
+            if self._fit_mapping(record, name, backing,
+                                 lambda: self._key(record, secrets, "NodeExpandVolume")):
                 failpoints.reached("expand:after-resize")
             mapped = str(cryptsetup.mapping_path(name))
             mounted = mount_at(volume_path)

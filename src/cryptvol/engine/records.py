@@ -101,9 +101,6 @@ class VolumeRepository:
                                    else "", limit=limit)
         return [_decode(e) for e in entries]
 
-    def count(self) -> int:
-        return self.store.count(VOLUMES)
-
 
 def _decode(entry: Entry) -> VolumeRecord:
     return VolumeRecord.model_validate_json(entry.value)
