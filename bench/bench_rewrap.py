@@ -34,9 +34,9 @@ from cryptvol.keys.kek_rootkey import RootKeyProvider, make_root_key  # noqa: E4
 from cryptvol.keys.keyset import dek_key  # noqa: E402
 from cryptvol.keys.manager import load_key_set  # noqa: E402
 from cryptvol.keys.rotation import Rotation  # noqa: E402
-from cryptvol.keys.store.base import Put, Store  # noqa: E402
-from cryptvol.keys.store.etcd import EtcdStore  # noqa: E402
-from cryptvol.keys.store.sqlite import SqliteStore  # noqa: E402
+from cryptvol.store.base import Put, Store  # noqa: E402
+from cryptvol.store.etcd import EtcdStore  # noqa: E402
+from cryptvol.store.sqlite import SqliteStore  # noqa: E402
 from cryptvol.system.secret import Secret  # noqa: E402
 
 

@@ -16,9 +16,9 @@ from cryptvol.engine.records import VolumeRepository
 from cryptvol.errors import CryptvolError, Unavailable
 from cryptvol.keys.config import KeysConfig, open_keys
 from cryptvol.keys.replica import Replica
-from cryptvol.keys.store.base import Put
 from cryptvol.luks.budget import MemoryBudget
 from cryptvol.luks.probe import HostProbe, probe_host
+from cryptvol.store.base import Put
 
 log = logging.getLogger(__name__)
 Role = Literal["all", "controller", "node"]

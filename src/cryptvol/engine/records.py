@@ -14,7 +14,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from cryptvol.errors import Aborted, NotFound
-from cryptvol.keys.store.base import Compare, Delete, Entry, Put, Store
+from cryptvol.store.base import Compare, Delete, Entry, Put, Store
 
 VOLUMES = "/cryptvol/volumes/"
 NAMES = "/cryptvol/names/"

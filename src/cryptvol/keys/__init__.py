@@ -1,6 +1,7 @@
 """cryptvol keys layer: per-volume data keys, the KEKs that wrap them, and their rotation.
 
-- `store/`: the state store contract (`base`), SQLite (`sqlite`) and etcd (`etcd`).
+Key material only; the ordered store it lives in is `cryptvol.store`.
+
 - `envelope`: a DEK wrapped with AES-256-GCM under a KEK, bound to its volume id.
 - `kek`, `kek_local`, `kek_rootkey`: KEKs and the providers that hold their material.
 - `keyset`: the one store record with the KEK set and the rotation stage.

@@ -23,7 +23,7 @@ from cryptvol.errors import Aborted, FailedPrecondition, InvalidArgument
 from cryptvol.keys.kek import Kek, KekProvider
 from cryptvol.keys.keyset import KEYSET_KEY, KeySetRecord
 from cryptvol.keys.manager import load_key_set
-from cryptvol.keys.store.base import Compare, Put, Store
+from cryptvol.store.base import Compare, Put, Store
 from cryptvol.system.secret import Secret
 
 _FORMAT = "cryptvol-kek-backup"

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cryptvol.errors import InvalidArgument
-from cryptvol.keys.store.base import Store
-from cryptvol.keys.store.sqlite import DB_FILE, SqliteStore
+from cryptvol.store.base import Store
+from cryptvol.store.sqlite import DB_FILE, SqliteStore
 
 if TYPE_CHECKING:  # imported where used: `keys status` needs neither cryptography nor them
     from cryptvol.keys.kek import KekProvider
@@ -54,7 +54,7 @@ class KeysConfig:
 def open_store(config: KeysConfig) -> Store:
     """The store; for etcd this does not connect yet, so it works while etcd is down."""
     if config.etcd_endpoints:
-        from cryptvol.keys.store.etcd import EtcdStore  # its HTTP stack is slow to import
+        from cryptvol.store.etcd import EtcdStore  # its HTTP stack is slow to import
 
         return EtcdStore(
             config.etcd_endpoints,

@@ -28,8 +28,8 @@ from cryptvol.keys import envelope, metrics
 from cryptvol.keys.kek import Kek, KekProvider, new_kek_id
 from cryptvol.keys.kek_local import LocalKekProvider
 from cryptvol.keys.keyset import DEK_PREFIX, KEYSET_KEY, KekRecord, KeySetRecord, dek_key
-from cryptvol.keys.store.base import Compare, Delete, Put, Store
-from cryptvol.keys.store.sqlite import DB_FILE, SqliteStore
+from cryptvol.store.base import Compare, Delete, Put, Store
+from cryptvol.store.sqlite import DB_FILE, SqliteStore
 from cryptvol.system.secret import Secret
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from cryptvol.errors import FailedPrecondition
 from cryptvol.keys.keyset import KeySetRecord
-from cryptvol.keys.store.base import Store
+from cryptvol.store.base import Store
 
 REPLICA_PREFIX = "/cryptvol/keys/replicas/"
 NOT_READY = "not-ready"

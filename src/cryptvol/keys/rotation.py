@@ -48,7 +48,7 @@ from cryptvol.keys.status import (
     read_key_set,
     read_status,
 )
-from cryptvol.keys.store.base import Compare, Entry, Put, Store
+from cryptvol.store.base import Compare, Entry, Put, Store
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from cryptvol.errors import FailedPrecondition
 from cryptvol.keys.keyset import DEK_PREFIX, KEYSET_KEY, KeySetRecord
 from cryptvol.keys.replicas import ReplicaReport, live_replicas
-from cryptvol.keys.store.base import Store
+from cryptvol.store.base import Store
 
 REENCRYPT_KEY = "/cryptvol/keys/reencrypt"
 

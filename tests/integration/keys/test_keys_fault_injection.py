@@ -32,9 +32,9 @@ from cryptvol.keys.kek_rootkey import RootKeyProvider, make_root_key
 from cryptvol.keys.keyset import DEK_PREFIX, dek_key
 from cryptvol.keys.manager import KeyManager, load_key_set, open_local
 from cryptvol.keys.rotation import Rotation
-from cryptvol.keys.store.base import Put, Store
-from cryptvol.keys.store.etcd import EtcdStore
-from cryptvol.keys.store.sqlite import SqliteStore
+from cryptvol.store.base import Put, Store
+from cryptvol.store.etcd import EtcdStore
+from cryptvol.store.sqlite import SqliteStore
 from cryptvol.system.secret import Secret
 from support.etcd_cluster import EtcdCluster
 

@@ -21,7 +21,7 @@ from cryptvol.keys import envelope
 from cryptvol.keys.kek_rootkey import RootKeyProvider, make_root_key
 from cryptvol.keys.keyset import DEK_PREFIX
 from cryptvol.keys.manager import KeyManager
-from cryptvol.keys.store.etcd import EtcdStore
+from cryptvol.store.etcd import EtcdStore
 from support.etcd_cluster import EtcdCluster
 
 

@@ -15,8 +15,8 @@ from cryptvol.keys.kek_rootkey import RootKeyProvider
 from cryptvol.keys.keyset import KEYSET_KEY
 from cryptvol.keys.manager import KeyManager, open_local
 from cryptvol.keys.rotation import Rotation
-from cryptvol.keys.store.base import Put
-from cryptvol.keys.store.sqlite import SqliteStore
+from cryptvol.store.base import Put
+from cryptvol.store.sqlite import SqliteStore
 from cryptvol.system.secret import Secret
 
 PASS = Secret(b"correct horse battery staple")

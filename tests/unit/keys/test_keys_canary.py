@@ -20,7 +20,7 @@ import pytest
 from cryptvol.errors import CryptvolError
 from cryptvol.keys.keyset import dek_key
 from cryptvol.keys.manager import open_local
-from cryptvol.keys.store.base import Put
+from cryptvol.store.base import Put
 
 
 def encodings(secret: bytes) -> list[bytes]:

@@ -13,8 +13,8 @@ from cryptvol.errors import FailedPrecondition, InvalidArgument, NotFound, Unava
 from cryptvol.keys.kek_local import LocalKekProvider
 from cryptvol.keys.keyset import KEYSET_KEY, dek_key
 from cryptvol.keys.manager import KeyManager, open_local
-from cryptvol.keys.store.base import Put
-from cryptvol.keys.store.sqlite import SqliteStore
+from cryptvol.store.base import Put
+from cryptvol.store.sqlite import SqliteStore
 
 
 def test_first_start_makes_a_kek_and_is_ready(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from cryptvol.errors import FailedPrecondition
 from cryptvol.keys.kek_rootkey import RootKeyProvider, make_root_key
 from cryptvol.keys.keyset import KEYSET_KEY
 from cryptvol.keys.manager import KeyManager
-from cryptvol.keys.store.sqlite import SqliteStore
+from cryptvol.store.sqlite import SqliteStore
 
 
 def test_a_kek_sealed_under_the_root_key_opens_again(tmp_path: Path) -> None:

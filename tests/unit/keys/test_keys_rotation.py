@@ -17,8 +17,8 @@ from cryptvol.keys.manager import KeyManager, open_local
 from cryptvol.keys.replicas import REPLICA_PREFIX, ReplicaReport
 from cryptvol.keys.rotation import Rotation
 from cryptvol.keys.status import REENCRYPT_KEY
-from cryptvol.keys.store.base import Put
-from cryptvol.keys.store.sqlite import SqliteStore
+from cryptvol.store.base import Put
+from cryptvol.store.sqlite import SqliteStore
 
 Setup = tuple[SqliteStore, KeyManager, Rotation]
 

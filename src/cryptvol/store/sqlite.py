@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from cryptvol.errors import Internal, InvalidArgument, Unavailable
-from cryptvol.keys.store.base import Compare, Delete, Entry, Put, prefix_end
+from cryptvol.store.base import Compare, Delete, Entry, Put, prefix_end
 
 DB_FILE = "cryptvol.db"  # its name in a state dir
 _BUSY_TIMEOUT_MS = 30_000

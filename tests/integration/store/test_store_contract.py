@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from cryptvol.errors import Unavailable
-from cryptvol.keys.store.base import Compare, Delete, Put, Store
-from cryptvol.keys.store.etcd import EtcdStore
-from cryptvol.keys.store.sqlite import SqliteStore
+from cryptvol.store.base import Compare, Delete, Put, Store
+from cryptvol.store.etcd import EtcdStore
+from cryptvol.store.sqlite import SqliteStore
 from support.etcd_cluster import EtcdCluster
 from support.tls_certs import make_tls
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from cryptvol.errors import Internal
-from cryptvol.keys.store.base import Compare, Delete, Put, prefix_end
-from cryptvol.keys.store.sqlite import SCHEMA_VERSION, SqliteStore
+from cryptvol.store.base import Compare, Delete, Put, prefix_end
+from cryptvol.store.sqlite import SCHEMA_VERSION, SqliteStore
 
 
 @pytest.fixture
@@ -111,8 +111,8 @@ def test_threads_incrementing_one_counter_by_cas_lose_no_update(store: SqliteSto
 _BUMPER = """
 import sys
 from pathlib import Path
-from cryptvol.keys.store.base import Compare, Put
-from cryptvol.keys.store.sqlite import SqliteStore
+from cryptvol.store.base import Compare, Put
+from cryptvol.store.sqlite import SqliteStore
 s = SqliteStore(Path(sys.argv[1]))
 done = 0
 while done < 100:

@@ -30,7 +30,7 @@ from etcd3gw.exceptions import (
 )
 
 from cryptvol.errors import Internal, InvalidArgument, Unavailable
-from cryptvol.keys.store.base import Compare, Delete, Entry, Put, prefix_end
+from cryptvol.store.base import Compare, Delete, Entry, Put, prefix_end
 
 # etcd refuses a transaction with more compares or more ops than --max-txn-ops (128 default).
 DEFAULT_MAX_TXN_OPS = 128
