@@ -15,7 +15,6 @@ from cryptvol.engine.capabilities import check_capabilities, fs_type_for
 from cryptvol.engine.ids import is_volume_id, volume_id_for
 from cryptvol.engine.locks import OperationLocks
 from cryptvol.engine.parameters import VolumeParameters, parse_parameters
-from cryptvol.engine.records import LuksRecord, VolumeRecord, VolumeRepository
 from cryptvol.engine.sizes import LUKS2_HEADER_BYTES, capacity_for, minimum_bytes
 from cryptvol.engine.types import AccessType, Capability
 from cryptvol.errors import (
@@ -32,6 +31,8 @@ from cryptvol.keys.manager import KeyManager
 from cryptvol.luks.cryptsetup import mapping_name
 from cryptvol.luks.policy import LuksPlan, plan
 from cryptvol.luks.probe import HostProbe
+from cryptvol.state.records import DEFAULT_POOL, LuksRecord, VolumeRecord
+from cryptvol.state.repository import VolumeRepository
 from cryptvol.system import failpoints
 
 
@@ -132,7 +133,7 @@ class ControllerEngine:
             fs_type=fs_type,
             key_source=params.key_source,
             secret_key=params.secret_key,
-            backend=self.backend.name,
+            pool=DEFAULT_POOL,
             node_id=self.node_id,
             luks=LuksRecord.model_validate(luks_plan.to_record()),
             node_capacity_bytes=capacity,

@@ -12,13 +12,13 @@ from cryptvol.backends.loop import LoopBackend
 from cryptvol.engine.controller import ControllerEngine
 from cryptvol.engine.locks import OperationLocks
 from cryptvol.engine.node import NodeEngine
-from cryptvol.engine.records import VolumeRepository
 from cryptvol.errors import CryptvolError, Unavailable
 from cryptvol.keys.config import KeysConfig, open_keys
 from cryptvol.keys.replica import Replica
 from cryptvol.luks.budget import MemoryBudget
 from cryptvol.luks.probe import HostProbe, probe_host
-from cryptvol.store.base import Put
+from cryptvol.state.nodes import save_host_probe
+from cryptvol.state.repository import VolumeRepository
 
 log = logging.getLogger(__name__)
 Role = Literal["all", "controller", "node"]
@@ -70,8 +70,7 @@ class Driver:
         try:
             host = probe_host()
             try:
-                self.store.txn([], [Put(f"/cryptvol/nodes/{self.settings.node_id}/probe",
-                                        host.to_json().encode())])
+                save_host_probe(self.store, self.settings.node_id, host.to_json())
             except Unavailable:
                 # The probe is for this process first; the copy in the store (what
                 # `cryptvol doctor` of another node could read) can wait for the next start.

@@ -18,7 +18,6 @@ from typing import Protocol
 from cryptvol.backends.base import Backend
 from cryptvol.engine.ids import is_volume_id
 from cryptvol.engine.locks import OperationLocks
-from cryptvol.engine.records import VolumeRecord, VolumeRepository
 from cryptvol.engine.sizes import LUKS2_HEADER_BYTES
 from cryptvol.engine.types import AccessType, Capability
 from cryptvol.errors import (
@@ -36,6 +35,8 @@ from cryptvol.luks.policy import LuksPlan, parse_luks_parameters
 from cryptvol.luks.token import write_policy_token
 from cryptvol.mounts import filesystem
 from cryptvol.mounts.mountinfo import mount_at
+from cryptvol.state.records import VolumeRecord
+from cryptvol.state.repository import VolumeRepository
 from cryptvol.system import failpoints
 from cryptvol.system.devices import device_size, require_blank
 from cryptvol.system.secret import Secret

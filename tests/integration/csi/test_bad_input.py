@@ -376,7 +376,7 @@ def existing_volume(shared_driver):
 
 def _snapshot(driver):
     files = sorted(os.listdir(driver.pool_dir))
-    from cryptvol.engine.records import VolumeRepository
+    from cryptvol.state.repository import VolumeRepository
     from cryptvol.store.sqlite import SqliteStore
 
     store = SqliteStore(driver.state_dir / "cryptvol.db")

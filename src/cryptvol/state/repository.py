@@ -1,0 +1,89 @@
+"""Records in the state store, changed only by compare-and-swap.
+
+Each record kind lives under its `RecordLayout`: the record as JSON by id, and the id its
+create name maps to. A record and its name are written in one transaction, so a name never
+points at a missing record and two creates with one name cannot both win.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+from cryptvol.errors import Aborted, NotFound
+from cryptvol.state.layout import VOLUMES, RecordLayout
+from cryptvol.state.records import Record, VolumeRecord, encode
+from cryptvol.store.base import Compare, Delete, Put, Store
+
+_CAS_ATTEMPTS = 20
+
+
+R = TypeVar("R", bound=Record)
+
+
+class Repository(Generic[R]):
+    """Records of one kind (`model`) under one layout."""
+
+    def __init__(self, store: Store, layout: RecordLayout, model: type[R], kind: str) -> None:
+        self.store = store
+        self.layout = layout
+        self.model = model
+        self.kind = kind
+
+    def _decode(self, raw: bytes) -> R:
+        return self.model.model_validate_json(raw)
+
+    def get(self, record_id: str) -> R | None:
+        entry = self.store.get(self.layout.record_key(record_id))
+        return self._decode(entry.value) if entry else None
+
+    def require(self, record_id: str) -> R:
+        record = self.get(record_id)
+        if record is None:
+            raise NotFound(f"{self.kind} {record_id} does not exist")
+        return record
+
+    def id_for_name(self, name: str) -> str | None:
+        entry = self.store.get(self.layout.name_key(name))
+        return entry.value.decode() if entry else None
+
+    def insert(self, record: R) -> bool:
+        """Add a new record and its name; False when the name or id is already taken."""
+        name_key, record_key = self.layout.name_key(record.name), self.layout.record_key(record.id)
+        return self.store.txn(
+            [Compare(name_key, 0), Compare(record_key, 0)],
+            [Put(name_key, record.id.encode()), Put(record_key, encode(record))],
+        )
+
+    def update(self, record_id: str, change: Callable[[R], R]) -> R:
+        """Apply `change` to the stored record with compare-and-swap, retrying a lost race."""
+        key = self.layout.record_key(record_id)
+        for _ in range(_CAS_ATTEMPTS):
+            entry = self.store.get(key)
+            if entry is None:
+                raise NotFound(f"{self.kind} {record_id} does not exist")
+            updated = change(self._decode(entry.value))
+            if self.store.txn([Compare(key, entry.revision)], [Put(key, encode(updated))]):
+                return updated
+        raise Aborted(f"{self.kind} {record_id} is being changed concurrently; retry")
+
+    def remove(self, record: R) -> None:
+        ops: list[Put | Delete] = [Delete(self.layout.record_key(record.id))]
+        if self.id_for_name(record.name) == record.id:
+            ops.append(Delete(self.layout.name_key(record.name)))
+        self.store.txn([], ops)
+
+    def page(self, start_after: str, limit: int) -> list[R]:
+        prefix = self.layout.records
+        entries = self.store.range(prefix, start_after=prefix + start_after if start_after
+                                   else "", limit=limit)
+        return [self._decode(e.value) for e in entries]
+
+    def all(self) -> list[R]:
+        return self.page("", 0)
+
+
+class VolumeRepository(Repository[VolumeRecord]):
+    def __init__(self, store: Store) -> None:
+        super().__init__(store, VOLUMES, VolumeRecord, "volume")
+

@@ -1,0 +1,66 @@
+"""Records live under their layout's keys, change only by compare-and-swap, and keep their
+name index in step with them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cryptvol.errors import NotFound
+from cryptvol.state.layout import VOLUMES
+from cryptvol.state.records import LuksRecord, VolumeRecord
+from cryptvol.state.repository import VolumeRepository
+from cryptvol.store.sqlite import SqliteStore
+
+
+def _record(volume_id: str, name: str) -> VolumeRecord:
+    return VolumeRecord(
+        id=volume_id, name=name, capacity_bytes=1, backing_bytes=2, parameters={},
+        fs_type="ext4", key_source="managed", node_id="n",
+        luks=LuksRecord(format={}, open={}, reasons=[]),
+    )
+
+
+@pytest.fixture
+def volumes(tmp_path: Path) -> VolumeRepository:
+    return VolumeRepository(SqliteStore(tmp_path / "state.db"))
+
+
+def test_a_name_maps_to_one_record(volumes: VolumeRepository) -> None:
+    assert volumes.insert(_record("cv-1", "pvc-a"))
+    assert not volumes.insert(_record("cv-2", "pvc-a"))
+    assert not volumes.insert(_record("cv-1", "pvc-b"))
+    assert volumes.id_for_name("pvc-a") == "cv-1"
+    assert volumes.store.get(VOLUMES.record_key("cv-1")) is not None
+
+
+def test_update_changes_the_stored_record(volumes: VolumeRepository) -> None:
+    volumes.insert(_record("cv-1", "pvc-a"))
+    volumes.update("cv-1", lambda r: r.model_copy(update={"state": "ready"}))
+    assert volumes.require("cv-1").state == "ready"
+    with pytest.raises(NotFound):
+        volumes.update("cv-9", lambda r: r)
+
+
+def test_remove_drops_the_record_and_its_name(volumes: VolumeRepository) -> None:
+    record = _record("cv-1", "pvc-a")
+    volumes.insert(record)
+    volumes.remove(record)
+    assert volumes.get("cv-1") is None
+    assert volumes.id_for_name("pvc-a") is None
+
+
+def test_pages_follow_id_order(volumes: VolumeRepository) -> None:
+    for i in range(5):
+        volumes.insert(_record(f"cv-{i}", f"pvc-{i}"))
+    assert [r.id for r in volumes.page("", 2)] == ["cv-0", "cv-1"]
+    assert [r.id for r in volumes.page("cv-1", 2)] == ["cv-2", "cv-3"]
+    assert len(volumes.all()) == 5
+
+
+def test_records_from_before_pools_name_the_default_pool() -> None:
+    old = _record("cv-1", "pvc-a").model_dump()
+    del old["pool"]
+    old["backend"] = "loop"
+    assert VolumeRecord.model_validate(old).pool == "default"
