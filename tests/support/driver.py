@@ -24,6 +24,8 @@ class RunningDriver:
     work: Path
     node_id: str = "node-1"
     extra_env: dict[str, str] = field(default_factory=dict)
+    # Replaces the default `--pool-dir POOL_DIR` (e.g. several `--pool NAME=KIND:LOC`).
+    pool_args: list[str] = field(default_factory=list)
     proc: subprocess.Popen[bytes] | None = None
     client: CsiClient | None = None
 
@@ -68,8 +70,7 @@ class RunningDriver:
                 self.node_id,
                 "--state-dir",
                 str(self.state_dir),
-                "--pool-dir",
-                str(self.pool_dir),
+                *(self.pool_args or ["--pool-dir", str(self.pool_dir)]),
                 "--log-json",
                 "--log-level",
                 "debug",

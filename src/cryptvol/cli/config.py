@@ -14,6 +14,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from cryptvol.errors import InvalidArgument
+from cryptvol.pools.registry import PoolSpec, parse_pool_spec
+from cryptvol.state.records import DEFAULT_POOL
 
 DEFAULT_ENDPOINT = "unix:///run/cryptvol/csi.sock"
 DEFAULT_STATE_DIR = Path("/var/lib/cryptvol/state")
@@ -27,7 +29,10 @@ class ServeSettings(BaseModel):
     node_id: str = Field(default_factory=socket.gethostname, min_length=1, max_length=128)
     role: Literal["all", "controller", "node"] = "all"
     state_dir: Path = DEFAULT_STATE_DIR
-    pool_dir: Path = DEFAULT_POOL_DIR
+    # Pools as NAME=KIND:LOCATION; the first is the default. `pool_dir` is the shorthand
+    # for one loop pool named "default"; with neither, that pool is in DEFAULT_POOL_DIR.
+    pool: tuple[str, ...] = ()
+    pool_dir: Path | None = None
     log_json: bool = False
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     grace_seconds: float = Field(default=30.0, ge=0)
@@ -38,6 +43,16 @@ class ServeSettings(BaseModel):
     etcd_ca_file: Path | None = None
     etcd_cert_file: Path | None = None
     etcd_key_file: Path | None = None
+
+
+    def pool_specs(self) -> tuple[PoolSpec, ...]:
+        if self.pool and self.pool_dir is not None:
+            raise InvalidArgument(
+                "give pools with --pool, or one loop pool with --pool-dir, not both"
+            )
+        if self.pool:
+            return tuple(parse_pool_spec(text) for text in self.pool)
+        return (PoolSpec(DEFAULT_POOL, "loop", str(self.pool_dir or DEFAULT_POOL_DIR)),)
 
 
 def load_config_file(path: Path) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from cryptvol.cli.config import ServeSettings, load_config_file
+from cryptvol.cli.config import DEFAULT_POOL_DIR, ServeSettings, load_config_file
 from cryptvol.csi.server import CsiServer
 from cryptvol.engine.driver import Driver, DriverSettings
 from cryptvol.errors import CryptvolError
@@ -38,8 +38,13 @@ def _load_defaults(ctx: click.Context, _param: click.Parameter, value: Path | No
               default="all", show_default=True)
 @click.option("--state-dir", envvar="CRYPTVOL_STATE_DIR", type=click.Path(path_type=Path),
               default=str(ServeSettings().state_dir), show_default=True)
+@click.option("--pool", envvar="CRYPTVOL_POOL", multiple=True,
+              help="A storage pool, NAME=loop:DIR, NAME=lvmthin:VG/THINPOOL or "
+                   "NAME=zfs:POOL/DATASET; repeat for more. The first is the default; a "
+                   "StorageClass picks another with its `pool` parameter.")
 @click.option("--pool-dir", envvar="CRYPTVOL_POOL_DIR", type=click.Path(path_type=Path),
-              default=str(ServeSettings().pool_dir), show_default=True)
+              default=None, help="Shorthand for one loop pool, default=loop:DIR "
+              f"(default: {DEFAULT_POOL_DIR}).")
 @click.option("--log-json/--log-text", envvar="CRYPTVOL_LOG_JSON", default=False)
 @click.option("--log-level", envvar="CRYPTVOL_LOG_LEVEL", default="info",
               type=click.Choice(["debug", "info", "warning", "error"]))
@@ -56,7 +61,7 @@ def _load_defaults(ctx: click.Context, _param: click.Parameter, value: Path | No
               type=click.Path(path_type=Path), default=None)
 def serve_command(**options: Any) -> None:
     """Serve the CSI Identity, Controller and Node services on a unix socket."""
-    options = {k: v for k, v in options.items() if v is not None}
+    options = {k: v for k, v in options.items() if v is not None and v != ()}
     settings = ServeSettings.model_validate(options)
     logs.configure(settings.log_json, settings.log_level)
     try:
@@ -66,7 +71,7 @@ def serve_command(**options: Any) -> None:
                           etcd_key_file=settings.etcd_key_file)
         driver = Driver(DriverSettings(node_id=settings.node_id, role=settings.role,
                                        state_dir=settings.state_dir,
-                                       pool_dir=settings.pool_dir, keys=keys))
+                                       pools=settings.pool_specs(), keys=keys))
         server = CsiServer(driver, settings.endpoint)
         server.start()
     except CryptvolError as exc:

@@ -10,7 +10,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from cryptvol import TOPOLOGY_KEY
-from cryptvol.backends.base import Backend
 from cryptvol.engine.capabilities import check_capabilities, fs_type_for
 from cryptvol.engine.ids import is_volume_id, volume_id_for
 from cryptvol.engine.locks import OperationLocks
@@ -31,7 +30,9 @@ from cryptvol.keys.manager import KeyManager
 from cryptvol.luks.cryptsetup import mapping_name
 from cryptvol.luks.policy import LuksPlan, plan
 from cryptvol.luks.probe import HostProbe
-from cryptvol.state.records import DEFAULT_POOL, LuksRecord, VolumeRecord
+from cryptvol.pools.base import Pool
+from cryptvol.pools.registry import PoolRegistry
+from cryptvol.state.records import LuksRecord, VolumeRecord
 from cryptvol.state.repository import VolumeRepository
 from cryptvol.system import failpoints
 
@@ -61,7 +62,7 @@ class ControllerEngine:
         self,
         volumes: VolumeRepository,
         keys: KeyManager,
-        backend: Backend,
+        pools: PoolRegistry,
         node_id: str,
         locks: OperationLocks,
         host: Callable[[], HostProbe] | None = None,
@@ -69,7 +70,7 @@ class ControllerEngine:
         self.host = host
         self.volumes = volumes
         self.keys = keys
-        self.backend = backend
+        self.pools = pools
         self.node_id = node_id
         self.locks = locks
 
@@ -93,13 +94,14 @@ class ControllerEngine:
         # that cannot work here (pbkdfFallback false, no argon2) is refused now.
         luks_plan = plan(params.luks, "managed" if params.key_source == "managed" else
                          "passphrase", self.host() if self.host else None)
+        pool = self.pools.get(params.pool)
         volume_id = volume_id_for(req.name)
         with self.locks.hold(volume_id, "CreateVolume"):
             existing = self.volumes.get(volume_id)
             if existing is None:
                 record = self._new_record(volume_id, req.name, capacity, params, fs_type,
-                                          luks_plan)
-                free = self.backend.available_bytes()
+                                          luks_plan, pool)
+                free = pool.provisioner.space().free_bytes
                 if record.backing_bytes > free:
                     raise ResourceExhausted(
                         f"the pool has {free} bytes free; a {capacity}-byte volume needs "
@@ -123,7 +125,7 @@ class ControllerEngine:
             return self._info(existing)
 
     def _new_record(self, volume_id: str, name: str, capacity: int, params: VolumeParameters,
-                    fs_type: str, luks_plan: LuksPlan) -> VolumeRecord:
+                    fs_type: str, luks_plan: LuksPlan, pool: Pool) -> VolumeRecord:
         return VolumeRecord(
             id=volume_id,
             name=name,
@@ -133,7 +135,7 @@ class ControllerEngine:
             fs_type=fs_type,
             key_source=params.key_source,
             secret_key=params.secret_key,
-            pool=DEFAULT_POOL,
+            pool=pool.name,
             node_id=self.node_id,
             luks=LuksRecord.model_validate(luks_plan.to_record()),
             node_capacity_bytes=capacity,
@@ -141,7 +143,7 @@ class ControllerEngine:
 
     def _finish_create(self, record: VolumeRecord) -> VolumeRecord:
         failpoints.reached("create:after-record")
-        self.backend.create(record.id, record.backing_bytes)
+        self._pool(record).provisioner.create(record.id, record.backing_bytes)
         failpoints.reached("create:after-backing")
         if record.key_source == "managed":
             self.keys.create_dek(record.id)
@@ -186,6 +188,7 @@ class ControllerEngine:
             "fsType": record.fs_type,
             "keySource": record.key_source,
             "mapping": mapping_name(record.id),
+            "pool": record.pool,
             "cipher": f"{fmt.get('cipher')} {fmt.get('key_size')}-bit",
             "pbkdf": str(fmt.get("pbkdf")),
             "luks": "; ".join(record.luks.reasons),
@@ -203,20 +206,23 @@ class ControllerEngine:
             return  # never ours, so already absent: DeleteVolume succeeds
         with self.locks.hold(volume_id, "DeleteVolume"):
             record = self.volumes.get(volume_id)
-            if record is not None and self.backend.attached_device(volume_id) is not None:
+            if record is None:
+                # The record is written before anything else and removed last: without it
+                # nothing of this volume is left.
+                return
+            provisioner = self._pool(record).provisioner
+            if provisioner.in_use(volume_id):
                 raise FailedPrecondition(
                     f"volume {volume_id} is still staged on node {record.node_id}; "
                     "unstage it first"
                 )
-            if record is not None:
-                self.volumes.update(volume_id, lambda r: r.model_copy(update={"state":
-                                                                              "deleting"}))
+            self.volumes.update(volume_id, lambda r: r.model_copy(update={"state":
+                                                                          "deleting"}))
             # Shred the key first: from then on the backing data cannot be read, whatever
             # a crash leaves behind.
             self.keys.delete_dek(volume_id)
-            self.backend.delete(volume_id)
-            if record is not None:
-                self.volumes.remove(record)
+            provisioner.delete(volume_id)
+            self.volumes.remove(record)
 
     # --- ControllerExpandVolume -----------------------------------------------------------
     def expand_volume(self, volume_id: str, required: int, limit: int) -> tuple[int, bool]:
@@ -230,7 +236,7 @@ class ControllerEngine:
             target = capacity_for(required, limit, record.capacity_bytes)
             if target <= record.capacity_bytes:
                 return record.capacity_bytes, record.node_capacity_bytes < record.capacity_bytes
-            self.backend.expand(volume_id, target + LUKS2_HEADER_BYTES)
+            self._pool(record).provisioner.expand(volume_id, target + LUKS2_HEADER_BYTES)
 
             def grown(r: VolumeRecord) -> VolumeRecord:
                 return r.model_copy(update={"capacity_bytes": target,
@@ -267,8 +273,7 @@ class ControllerEngine:
 
     def capacity(self, capabilities: Sequence[Capability], parameters: Mapping[str, str],
                  topology: Mapping[str, str] | None) -> int:
-        if parameters:
-            parse_parameters(parameters)
+        pool = self.pools.get(parse_parameters(parameters).pool if parameters else "")
         if capabilities:
             try:
                 check_capabilities(capabilities)
@@ -276,7 +281,10 @@ class ControllerEngine:
                 return 0
         if topology and topology.get(TOPOLOGY_KEY, self.node_id) != self.node_id:
             return 0
-        return max(0, self.backend.available_bytes() - LUKS2_HEADER_BYTES)
+        return max(0, pool.provisioner.space().free_bytes - LUKS2_HEADER_BYTES)
+
+    def _pool(self, record: VolumeRecord) -> Pool:
+        return self.pools.of_volume(record.id, record.pool)
 
     def get_volume(self, volume_id: str) -> VolumeInfo:
         record = self.require(volume_id)

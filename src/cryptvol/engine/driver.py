@@ -1,4 +1,4 @@
-"""Wires one driver process: the state store, keys, pool backend, locks and the two engines."""
+"""Wires one driver process: the state store, keys, pools, locks and the two engines."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from cryptvol.backends.loop import LoopBackend
 from cryptvol.engine.controller import ControllerEngine
 from cryptvol.engine.locks import OperationLocks
 from cryptvol.engine.node import NodeEngine
@@ -17,6 +16,7 @@ from cryptvol.keys.config import KeysConfig, open_keys
 from cryptvol.keys.replica import Replica
 from cryptvol.luks.budget import MemoryBudget
 from cryptvol.luks.probe import HostProbe, probe_host
+from cryptvol.pools.registry import PoolSpec, open_pools
 from cryptvol.state.nodes import save_host_probe
 from cryptvol.state.repository import VolumeRepository
 
@@ -29,7 +29,7 @@ class DriverSettings:
     node_id: str
     role: Role
     state_dir: Path
-    pool_dir: Path
+    pools: tuple[PoolSpec, ...]
     keys: KeysConfig | None = None
 
 
@@ -37,6 +37,8 @@ class Driver:
     def __init__(self, settings: DriverSettings) -> None:
         self.settings = settings
         settings.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # Pools first: a mistyped pool stops the start before any store or thread exists.
+        self.pools = open_pools(settings.pools)
         keys_config = settings.keys or KeysConfig(state_dir=settings.state_dir)
         # With etcd, a driver whose store is unreachable or whose key set cannot load yet
         # starts anyway and answers Probe "not ready" until it has loaded. The embedded
@@ -48,18 +50,17 @@ class Driver:
             # Controllers wrap new DEKs, so they take part in KEK rotation agreement.
             self.replica = Replica(self.keys, name=settings.node_id, role="controller").start()
         self.volumes = VolumeRepository(self.store)
-        self.backend = LoopBackend(settings.pool_dir)
         # One lock table for both services: a node and a controller operation on the same
         # volume in this process must not interleave either.
         self.locks = OperationLocks()
         self._host: HostProbe | None = None
         self._probe_error = ""
         self.controller = ControllerEngine(
-            self.volumes, self.keys, self.backend, settings.node_id, self.locks, self.host
+            self.volumes, self.keys, self.pools, settings.node_id, self.locks, self.host
         )
         self.budget: MemoryBudget | None = None
         self.node = NodeEngine(
-            self.volumes, self.keys, self.backend, settings.node_id, self.locks
+            self.volumes, self.keys, self.pools, settings.node_id, self.locks
         )
         # The probe runs cryptsetup a few times; the socket comes up meanwhile and Probe
         # answers not-ready until it is done.

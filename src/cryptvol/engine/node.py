@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from cryptvol.backends.base import Backend
 from cryptvol.engine.ids import is_volume_id
 from cryptvol.engine.locks import OperationLocks
 from cryptvol.engine.sizes import LUKS2_HEADER_BYTES
@@ -35,6 +34,8 @@ from cryptvol.luks.policy import LuksPlan, parse_luks_parameters
 from cryptvol.luks.token import write_policy_token
 from cryptvol.mounts import filesystem
 from cryptvol.mounts.mountinfo import mount_at
+from cryptvol.pools.base import NodeAttacher
+from cryptvol.pools.registry import PoolRegistry
 from cryptvol.state.records import VolumeRecord
 from cryptvol.state.repository import VolumeRepository
 from cryptvol.system import failpoints
@@ -65,7 +66,7 @@ class NodeEngine:
         self,
         volumes: VolumeRepository,
         keys: KeyManager,
-        backend: Backend,
+        pools: PoolRegistry,
         node_id: str,
         locks: OperationLocks,
         budget: UnlockBudget | None = None,
@@ -73,7 +74,7 @@ class NodeEngine:
     ) -> None:
         self.volumes = volumes
         self.keys = keys
-        self.backend = backend
+        self.pools = pools
         self.node_id = node_id
         self.locks = locks
         self.budget = budget
@@ -103,6 +104,14 @@ class NodeEngine:
             )
         return Secret(value.encode())
 
+    def _require(self, volume_id: str) -> VolumeRecord:
+        if not is_volume_id(volume_id):
+            raise NotFound(f"volume {volume_id} does not exist")
+        return self.volumes.require(volume_id)
+
+    def _attacher(self, record: VolumeRecord) -> NodeAttacher:
+        return self.pools.of_volume(record.id, record.pool).node
+
     # --- NodeStageVolume --------------------------------------------------------------------
     def stage(self, volume_id: str, staging_path: str, cap: Capability,
               secrets: Mapping[str, str]) -> None:
@@ -110,12 +119,13 @@ class NodeEngine:
         with self.locks.hold(volume_id, "NodeStageVolume"):
             record = self.volumes.require(volume_id)
             key = self._key(record, secrets, "NodeStageVolume")
-            device = self.backend.attach(volume_id)
+            attacher = self._attacher(record)
+            device = attacher.attach(volume_id)
             name = cryptsetup.mapping_name(volume_id)
             if not cryptsetup.is_active(name):
                 self._open(record, device, name, key)
             mapped = str(cryptsetup.mapping_path(name))
-            self._fit_mapping(record, name, self.backend.refresh(volume_id), lambda: key)
+            self._fit_mapping(record, name, attacher.refresh(volume_id), lambda: key)
             size = device_size(mapped)
             if cap.access_type is AccessType.MOUNT:
                 fs_type = cap.fs_type or record.fs_type
@@ -183,10 +193,10 @@ class NodeEngine:
     # --- NodeUnstageVolume ------------------------------------------------------------------
     def unstage(self, volume_id: str, staging_path: str) -> None:
         with self.locks.hold(volume_id, "NodeUnstageVolume"):
+            record = self._require(volume_id)
             filesystem.unmount(staging_path)
             cryptsetup.close_device(cryptsetup.mapping_name(volume_id))
-            if is_volume_id(volume_id):
-                self.backend.detach(volume_id)
+            self._attacher(record).detach(volume_id)
 
     # --- NodePublishVolume ------------------------------------------------------------------
     def publish(self, volume_id: str, staging_path: str, target_path: str, cap: Capability,
@@ -236,10 +246,10 @@ class NodeEngine:
             name = cryptsetup.mapping_name(volume_id)
             if not cryptsetup.is_active(name):
                 raise FailedPrecondition(f"volume {volume_id} is not staged on this node")
-            device = self.backend.attached_device(volume_id)
-            if device is None:
+            attacher = self._attacher(record)
+            if attacher.attached_device(volume_id) is None:
                 raise FailedPrecondition(f"volume {volume_id} is not attached on this node")
-            backing = self.backend.refresh(volume_id)
+            backing = attacher.refresh(volume_id)
             if required and required + LUKS2_HEADER_BYTES > backing:
                 raise OutOfRange(
                     f"the backing volume holds {backing - LUKS2_HEADER_BYTES} usable bytes, "

@@ -22,7 +22,8 @@ FSTYPE_KEY = "csi.storage.k8s.io/fstype"
 RESERVED_PREFIX = "csi.storage.k8s.io/"
 KEY_SOURCE_KEY = "keySource"
 SECRET_KEY_KEY = "secretKey"
-ENGINE_KEYS = frozenset({FSTYPE_KEY, KEY_SOURCE_KEY, SECRET_KEY_KEY})
+POOL_KEY = "pool"
+ENGINE_KEYS = frozenset({FSTYPE_KEY, KEY_SOURCE_KEY, SECRET_KEY_KEY, POOL_KEY})
 KeySource = Literal["managed", "secret"]
 _KEY_SOURCES: tuple[KeySource, ...] = ("managed", "secret")
 
@@ -33,6 +34,8 @@ class VolumeParameters(BaseModel):
     fs_type: str = "ext4"
     key_source: KeySource = "managed"
     secret_key: str = "passphrase"
+    # The configured pool to provision from; empty: the driver's default (first) pool.
+    pool: str = ""
     luks: LuksParameters
     # The parameters as given, minus claim metadata: compared on a repeated CreateVolume.
     raw: dict[str, str]
@@ -68,6 +71,7 @@ def parse_parameters(params: Mapping[str, str]) -> VolumeParameters:
         fs_type=fs_type,
         key_source="secret" if key_source == "secret" else "managed",
         secret_key=secret_key,
+        pool=kept.get(POOL_KEY, ""),
         luks=parse_luks_parameters(kept),
         raw=dict(kept),
     )

@@ -253,11 +253,11 @@ CASES = [
         OK,
     ),
     (
-        "unstage: unknown volume succeeds",
+        "unstage: unknown volume is not found, nothing touched",
         "node",
         "NodeUnstageVolume",
         lambda v, t: pb.NodeUnstageVolumeRequest(volume_id=MISSING, staging_target_path=f"{t}/s"),
-        OK,
+        NOT_FOUND,
     ),
     (
         "publish: no target path",

@@ -1,1 +1,0 @@
-"""cryptvol backends layer."""

@@ -1,0 +1,92 @@
+"""What every storage pool offers the engine: a provisioning side, a node side, capabilities.
+
+The provisioning side makes, grows and deletes backing volumes; the node side exposes them
+as block devices on this node. They are separate objects so a controller process can
+provision without touching devices and a node process can attach without provisioning.
+Each pool declares its capabilities so the engine can pick a strategy (and refuse a
+combination that cannot work) before anything is written.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class PoolCapabilities:
+    # A backing volume can grow while it is attached and in use.
+    online_expand: bool
+    # Snapshots are copy-on-write inside the pool (constant time, shared blocks).
+    thin_snapshot: bool
+    # The pool makes a writable volume from a snapshot or volume by itself.
+    clone: bool
+    # A volume can be filled by copying another's blocks through the node.
+    block_copy: bool
+
+
+@dataclass(frozen=True)
+class PoolSpace:
+    total_bytes: int
+    free_bytes: int
+
+
+class Provisioner(Protocol):
+    """The provisioning side of a pool. Every method is idempotent."""
+
+    def create(self, volume_id: str, size_bytes: int) -> None:
+        """Make the backing volume; a repeat with the same size is a no-op."""
+        ...
+
+    def delete(self, volume_id: str) -> None:
+        """Remove the backing volume; removing an absent one succeeds."""
+        ...
+
+    def size(self, volume_id: str) -> int | None:
+        """The backing volume's size in bytes, or None when it does not exist."""
+        ...
+
+    def expand(self, volume_id: str, size_bytes: int) -> int:
+        """Grow to at least `size_bytes`; return the new size. Never shrinks."""
+        ...
+
+    def in_use(self, volume_id: str) -> bool:
+        """Whether something on this host holds the backing volume open (attached)."""
+        ...
+
+    def space(self) -> PoolSpace:
+        """The pool's size and what is free in it right now."""
+        ...
+
+
+class NodeAttacher(Protocol):
+    """The node side of a pool: backing volumes as block devices on this node."""
+
+    def attach(self, volume_id: str) -> str:
+        """Expose the volume as a block device on this node; return its path. Idempotent."""
+        ...
+
+    def detach(self, volume_id: str) -> None:
+        """Undo `attach`; a volume not attached is a no-op."""
+        ...
+
+    def attached_device(self, volume_id: str) -> str | None:
+        """The block device the volume is attached as on this node, or None."""
+        ...
+
+    def refresh(self, volume_id: str) -> int:
+        """Make an attached device see its backing volume's current size; return it."""
+        ...
+
+
+@dataclass(frozen=True)
+class Pool:
+    """One configured pool: its name (what a StorageClass's `pool` names), its kind (for
+    people: logs, doctor), what it can do, and its two sides."""
+
+    name: str
+    kind: str
+    location: str
+    capabilities: PoolCapabilities
+    provisioner: Provisioner
+    node: NodeAttacher

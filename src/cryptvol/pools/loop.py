@@ -1,0 +1,157 @@
+"""The embedded default pool: one sparse file per volume, attached with `losetup`."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+from cryptvol.errors import FailedPrecondition, NotFound, ResourceExhausted
+from cryptvol.pools.base import Pool, PoolCapabilities, PoolSpace
+from cryptvol.system import run
+from cryptvol.system.devices import device_size
+
+KIND = "loop"
+CAPABILITIES = PoolCapabilities(
+    online_expand=True, thin_snapshot=False, clone=False, block_copy=True
+)
+_SYS_BLOCK = Path("/sys/block")
+_VOLUME_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+class LoopFiles:
+    """Where each volume's backing file is, and which loop device holds it: what both
+    sides of the pool need to know."""
+
+    def __init__(self, pool_dir: Path) -> None:
+        self.pool_dir = pool_dir
+
+    def path(self, volume_id: str) -> Path:
+        if not _VOLUME_ID.match(volume_id):
+            raise NotFound(f"volume id {volume_id!r} is not one cryptvol made")
+        return self.pool_dir / f"{volume_id}.img"
+
+    def attached_device(self, volume_id: str) -> str | None:
+        path = self.path(volume_id)
+        if not path.exists():
+            return None
+        # sysfs names each loop device's backing file: reading it costs microseconds where
+        # running `losetup --associated` costs a process start on every call.
+        wanted = os.path.realpath(path)
+        for backing in sorted(_SYS_BLOCK.glob("loop*/loop/backing_file")):
+            try:
+                name = backing.read_text().strip()
+            except OSError:
+                continue  # detached between the glob and the read
+            if name == wanted:
+                return f"/dev/{backing.parent.parent.name}"
+        return None
+
+
+class LoopProvisioner:
+    def __init__(self, files: LoopFiles) -> None:
+        self.files = files
+        self.pool_dir = files.pool_dir
+
+    def create(self, volume_id: str, size_bytes: int) -> None:
+        path = self.files.path(volume_id)
+        if path.exists():
+            current = path.stat().st_size
+            if current != size_bytes:
+                raise FailedPrecondition(
+                    f"backing file for {volume_id} exists with {current} bytes, "
+                    f"not the {size_bytes} asked"
+                )
+            return
+        free = self.space().free_bytes
+        if size_bytes > free:
+            raise ResourceExhausted(
+                f"pool {self.pool_dir} has {free} bytes free, {size_bytes} asked"
+            )
+        # Write under a temporary name and rename, so a crash never leaves a file of the
+        # final name with the wrong size.
+        tmp = path.with_suffix(".img.tmp")
+        fd = os.open(tmp, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
+        try:
+            os.ftruncate(fd, size_bytes)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, path)
+
+    def delete(self, volume_id: str) -> None:
+        path = self.files.path(volume_id)
+        path.with_suffix(".img.tmp").unlink(missing_ok=True)
+        path.unlink(missing_ok=True)
+
+    def size(self, volume_id: str) -> int | None:
+        path = self.files.path(volume_id)
+        return path.stat().st_size if path.exists() else None
+
+    def expand(self, volume_id: str, size_bytes: int) -> int:
+        path = self.files.path(volume_id)
+        if not path.exists():
+            raise NotFound(f"volume {volume_id} has no backing file")
+        current = path.stat().st_size
+        if size_bytes <= current:
+            return current
+        free = self.space().free_bytes
+        if size_bytes - current > free:
+            raise ResourceExhausted(
+                f"pool {self.pool_dir} has {free} bytes free; growing "
+                f"{volume_id} by {size_bytes - current} bytes does not fit"
+            )
+        os.truncate(path, size_bytes)
+        return size_bytes
+
+    def in_use(self, volume_id: str) -> bool:
+        return self.files.attached_device(volume_id) is not None
+
+    def space(self) -> PoolSpace:
+        usage = shutil.disk_usage(self.pool_dir)
+        return PoolSpace(total_bytes=usage.total, free_bytes=usage.free)
+
+
+class LoopAttacher:
+    def __init__(self, files: LoopFiles) -> None:
+        self.files = files
+
+    def attached_device(self, volume_id: str) -> str | None:
+        return self.files.attached_device(volume_id)
+
+    def attach(self, volume_id: str) -> str:
+        existing = self.files.attached_device(volume_id)
+        if existing:
+            return existing
+        path = self.files.path(volume_id)
+        if not path.exists():
+            raise NotFound(f"volume {volume_id} has no backing file in {self.files.pool_dir}")
+        result = run(["losetup", "--find", "--show", str(path)], timeout=60)
+        return result.stdout.strip()
+
+    def detach(self, volume_id: str) -> None:
+        while (device := self.files.attached_device(volume_id)) is not None:
+            run(["losetup", "--detach", device], timeout=60)
+
+    def refresh(self, volume_id: str) -> int:
+        device = self.files.attached_device(volume_id)
+        if device is None:
+            raise NotFound(f"volume {volume_id} is not attached on this node")
+        size = device_size(device)
+        backing = self.files.path(volume_id)
+        if size < (backing.stat().st_size if backing.exists() else 0):
+            run(["losetup", "--set-capacity", device], timeout=60)
+            size = device_size(device)
+        return size
+
+
+def open_pool(name: str, location: str) -> Pool:
+    """A loop pool in the directory `location`, made (0700) if absent."""
+    pool_dir = Path(location)
+    if not pool_dir.is_absolute():
+        raise ValueError(f"a loop pool needs an absolute directory, not {location!r}")
+    pool_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    files = LoopFiles(pool_dir)
+    return Pool(name=name, kind=KIND, location=str(pool_dir), capabilities=CAPABILITIES,
+                provisioner=LoopProvisioner(files), node=LoopAttacher(files))
