@@ -12,15 +12,14 @@ import stat
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Protocol
 
 from cryptvol.engine.ids import is_volume_id
 from cryptvol.engine.locks import OperationLocks
+from cryptvol.engine.publishing import MODES, mode_for
 from cryptvol.engine.sizes import LUKS2_HEADER_BYTES
-from cryptvol.engine.types import AccessType, Capability
+from cryptvol.engine.types import Capability
 from cryptvol.errors import (
-    AlreadyExists,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
@@ -33,7 +32,7 @@ from cryptvol.luks.cryptsetup import FormatOptions, OpenOptions
 from cryptvol.luks.policy import LuksPlan, parse_luks_parameters
 from cryptvol.luks.token import write_policy_token
 from cryptvol.mounts import filesystem
-from cryptvol.mounts.mountinfo import mount_at
+from cryptvol.mounts.modes import OpenedVolume
 from cryptvol.pools.base import NodeAttacher
 from cryptvol.pools.registry import PoolRegistry
 from cryptvol.state.records import VolumeRecord
@@ -124,18 +123,12 @@ class NodeEngine:
             name = cryptsetup.mapping_name(volume_id)
             if not cryptsetup.is_active(name):
                 self._open(record, device, name, key)
-            mapped = str(cryptsetup.mapping_path(name))
             self._fit_mapping(record, name, attacher.refresh(volume_id), lambda: key)
-            size = device_size(mapped)
-            if cap.access_type is AccessType.MOUNT:
-                fs_type = cap.fs_type or record.fs_type
-                filesystem.ensure_filesystem(mapped, fs_type)
-                failpoints.reached("stage:after-mkfs")
-                os.makedirs(staging_path, exist_ok=True)
-                filesystem.mount(mapped, staging_path, fs_type, list(cap.mount_flags), False)
-                if record.node_capacity_bytes < size:
-                    # Expanded while not staged: the filesystem catches up now.
-                    filesystem.grow(mapped, staging_path, fs_type)
+            opened = _opened(record, cap.fs_type)
+            size = device_size(opened.device)
+            # Expanded while not staged: the filesystem catches up now.
+            mode_for(cap).stage(opened, staging_path, cap.mount_flags,
+                                grow=record.node_capacity_bytes < size)
             if record.node_capacity_bytes != size:
                 self._record_node_capacity(volume_id, size)
 
@@ -194,7 +187,9 @@ class NodeEngine:
     def unstage(self, volume_id: str, staging_path: str) -> None:
         with self.locks.hold(volume_id, "NodeUnstageVolume"):
             record = self._require(volume_id)
-            filesystem.unmount(staging_path)
+            opened = _opened(record)
+            for mode in MODES:
+                mode.unstage(opened, staging_path)
             cryptsetup.close_device(cryptsetup.mapping_name(volume_id))
             self._attacher(record).detach(volume_id)
 
@@ -203,38 +198,19 @@ class NodeEngine:
                 read_only: bool) -> None:
         _require_parent(target_path, "target_path")
         with self.locks.hold(volume_id, "NodePublishVolume"):
-            self.volumes.require(volume_id)
-            mapped = str(cryptsetup.mapping_path(cryptsetup.mapping_name(volume_id)))
-            read_only = read_only or cap.read_only_mode
-            if cap.access_type is AccessType.BLOCK:
-                if not cryptsetup.is_active(cryptsetup.mapping_name(volume_id)):
-                    raise FailedPrecondition(f"volume {volume_id} is not staged on this node")
-                if not os.path.exists(target_path):
-                    Path(target_path).touch(mode=0o600)
-                filesystem.bind_mount(mapped, target_path, read_only)
-                return
-            staged = mount_at(staging_path)
-            if staged is None or os.path.realpath(staged.source) != os.path.realpath(mapped):
-                raise FailedPrecondition(
-                    f"volume {volume_id} is not staged at {staging_path}; call NodeStageVolume"
-                )
-            os.makedirs(target_path, exist_ok=True)
-            existing = mount_at(target_path)
-            if existing is not None and existing.read_only != read_only:
-                raise AlreadyExists(
-                    f"{target_path} is already published "
-                    f"{'read-only' if existing.read_only else 'read-write'}"
-                )
-            filesystem.bind_mount(staging_path, target_path, read_only)
+            record = self.volumes.require(volume_id)
+            if not cryptsetup.is_active(cryptsetup.mapping_name(volume_id)):
+                raise FailedPrecondition(f"volume {volume_id} is not staged on this node")
+            mode_for(cap).publish(_opened(record, cap.fs_type), staging_path, target_path,
+                                  read_only or cap.read_only_mode)
 
     # --- NodeUnpublishVolume ----------------------------------------------------------------
     def unpublish(self, volume_id: str, target_path: str) -> None:
         with self.locks.hold(volume_id, "NodeUnpublishVolume"):
-            filesystem.unmount(target_path)
-            if os.path.isdir(target_path):
-                os.rmdir(target_path)
-            elif os.path.exists(target_path):
-                os.unlink(target_path)
+            opened = _opened(self._require(volume_id))
+            for mode in MODES:
+                if mode.unpublish(opened, target_path):
+                    break
 
     # --- NodeExpandVolume -------------------------------------------------------------------
     def expand(self, volume_id: str, volume_path: str, staging_path: str,
@@ -258,32 +234,33 @@ class NodeEngine:
             if self._fit_mapping(record, name, backing,
                                  lambda: self._key(record, secrets, "NodeExpandVolume")):
                 failpoints.reached("expand:after-resize")
-            mapped = str(cryptsetup.mapping_path(name))
-            mounted = mount_at(volume_path)
-            if mounted is not None and mounted.fs_type in filesystem.SUPPORTED:
-                filesystem.grow(mapped, volume_path, mounted.fs_type)
-            size = device_size(mapped)
+            opened = _opened(record)
+            for mode in MODES:
+                if mode.grow(opened, volume_path):
+                    break
+            size = device_size(opened.device)
             self._record_node_capacity(volume_id, size)
             return size
 
     # --- NodeGetVolumeStats -----------------------------------------------------------------
     def stats(self, volume_id: str, volume_path: str) -> VolumeStats:
-        self.volumes.require(volume_id)
+        record = self._require(volume_id)
         if not os.path.exists(volume_path):
             raise NotFound(f"volume path {volume_path} does not exist")
-        name = cryptsetup.mapping_name(volume_id)
-        mapped = str(cryptsetup.mapping_path(name))
-        open_ = cryptsetup.is_active(name)
-        mounted = mount_at(volume_path)
-        healthy = open_ and mounted is not None
-        condition = _condition(open_, mounted is not None)
-        if stat.S_ISBLK(os.stat(volume_path).st_mode):
-            size = device_size(mapped) if open_ else 0
-            return VolumeStats(filesystem.Usage(size, 0, 0, 0, 0, 0), True, not healthy,
-                               condition)
-        if not healthy:
-            return VolumeStats(filesystem.Usage(0, 0, 0, 0, 0, 0), False, True, condition)
-        return VolumeStats(filesystem.usage(volume_path), False, False, condition)
+        open_ = cryptsetup.is_active(cryptsetup.mapping_name(volume_id))
+        block = stat.S_ISBLK(os.stat(volume_path).st_mode)
+        usage = None
+        if open_:
+            opened = _opened(record)
+            usage = next((u for m in MODES if (u := m.usage(opened, volume_path))), None)
+        condition = _condition(open_, usage is not None)
+        return VolumeStats(usage or filesystem.Usage(0, 0, 0, 0, 0, 0), block,
+                           usage is None, condition)
+
+
+def _opened(record: VolumeRecord, fs_type: str = "") -> OpenedVolume:
+    name = cryptsetup.mapping_name(record.id)
+    return OpenedVolume(record.id, str(cryptsetup.mapping_path(name)), fs_type or record.fs_type)
 
 
 def _plan_of(record: VolumeRecord) -> LuksPlan:

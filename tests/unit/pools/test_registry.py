@@ -23,7 +23,7 @@ def test_malformed_specs_are_refused(text: str) -> None:
 
 
 def test_unknown_kind_lists_the_known_ones() -> None:
-    with pytest.raises(InvalidArgument, match="known kinds: .*loop"):
+    with pytest.raises(InvalidArgument, match=r"known kinds: .*loop"):
         parse_pool_spec("x=tape:/dev/st0")
 
 
