@@ -132,9 +132,6 @@ def expand(sizes_gib: list[int]) -> None:
                     vol.publish()
                     vol.write(size=MIB)
                     target = (gib + 1) * 1024 * MIB
-                    client.controller.ControllerExpandVolume(pb.ControllerExpandVolumeRequest(
-                        volume_id=vol.volume_id,
-                        capacity_range=pb.CapacityRange(required_bytes=target)))
                     t = time.perf_counter()
                     client.node.NodeExpandVolume(pb.NodeExpandVolumeRequest(
                         volume_id=vol.volume_id, volume_path=str(vol.target),

@@ -67,11 +67,7 @@ class Volume:
         )
 
     def expand(self, size: int, secrets: dict[str, str] | None = None) -> int:
-        self.csi.controller.ControllerExpandVolume(
-            pb.ControllerExpandVolumeRequest(
-                volume_id=self.volume_id, capacity_range=pb.CapacityRange(required_bytes=size)
-            )
-        )
+        """What kubelet does after the resizer passed the request on: NodeExpandVolume."""
         return int(
             self.csi.node.NodeExpandVolume(
                 pb.NodeExpandVolumeRequest(

@@ -10,8 +10,9 @@ from cryptvol.engine.controller import ControllerEngine, CreateRequest, VolumeIn
 from cryptvol.errors import InvalidArgument
 
 _Cap = csi_pb2.ControllerServiceCapability.RPC
-_OFFERED = (_Cap.CREATE_DELETE_VOLUME, _Cap.LIST_VOLUMES, _Cap.GET_CAPACITY,
-            _Cap.EXPAND_VOLUME, _Cap.GET_VOLUME)
+# No EXPAND_VOLUME: pools are node-local, so NodeExpandVolume grows the backing volume and
+# the CO's resizer only passes a request on to the node.
+_OFFERED = (_Cap.CREATE_DELETE_VOLUME, _Cap.LIST_VOLUMES, _Cap.GET_CAPACITY, _Cap.GET_VOLUME)
 
 
 def _volume(info: VolumeInfo) -> csi_pb2.Volume:
@@ -108,19 +109,3 @@ class ControllerServicer(csi_pb2_grpc.ControllerServicer):  # type: ignore[misc]
     ) -> csi_pb2.ControllerGetVolumeResponse:
         info = self.engine.get_volume(convert.require(request.volume_id, "volume_id"))
         return csi_pb2.ControllerGetVolumeResponse(volume=_volume(info))
-
-    def ControllerExpandVolume(
-        self, request: csi_pb2.ControllerExpandVolumeRequest, context: grpc.ServicerContext
-    ) -> csi_pb2.ControllerExpandVolumeResponse:
-        volume_id = convert.require(request.volume_id, "volume_id")
-        if not request.HasField("capacity_range"):
-            raise InvalidArgument("capacity_range is required")
-        if request.HasField("volume_capability"):
-            convert.capability(request.volume_capability)
-        self.engine.require(volume_id)
-        capacity, node_required = self.engine.expand_volume(
-            volume_id, request.capacity_range.required_bytes, request.capacity_range.limit_bytes
-        )
-        return csi_pb2.ControllerExpandVolumeResponse(
-            capacity_bytes=capacity, node_expansion_required=node_required
-        )

@@ -57,9 +57,10 @@ class RpcInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
                 context.abort(code, message_for(exc))
             except Exception as exc:
                 # Servicers never abort themselves: every error they raise lands here once.
-                code = grpc.StatusCode.INTERNAL
-                log.error("unexpected error", extra={"method": method,
-                                                     "error_type": type(exc).__name__})
+                code = code_for(exc)
+                if code is grpc.StatusCode.INTERNAL:
+                    log.error("unexpected error", extra={"method": method,
+                                                         "error_type": type(exc).__name__})
                 context.abort(code, message_for(exc))
             finally:
                 log.info("rpc", extra={

@@ -94,8 +94,7 @@ class NodeServicer(csi_pb2_grpc.NodeServicer):  # type: ignore[misc]
         required = request.capacity_range.required_bytes
         if limit and required > limit:
             raise InvalidArgument(f"limit_bytes {limit} is below required_bytes {required}")
-        size = self.engine.expand(volume_id, path, request.staging_target_path, required,
-                                  dict(request.secrets))
+        size = self.engine.expand(volume_id, path, required, limit, dict(request.secrets))
         return csi_pb2.NodeExpandVolumeResponse(capacity_bytes=size)
 
     def NodeGetCapabilities(

@@ -23,6 +23,8 @@ def code_for(exc: BaseException) -> grpc.StatusCode:
     for kind, code in _CODES:
         if isinstance(exc, kind):
             return code
+    if isinstance(exc, NotImplementedError):
+        return grpc.StatusCode.UNIMPLEMENTED  # an RPC of the spec this driver does not serve
     return grpc.StatusCode.INTERNAL
 
 
@@ -31,4 +33,6 @@ def message_for(exc: BaseException) -> str:
     anything else only its type is shown, since its text was never reviewed for secrets."""
     if isinstance(exc, errors.CryptvolError):
         return str(exc)
+    if isinstance(exc, NotImplementedError):
+        return "this driver does not implement this RPC"
     return f"internal error ({type(exc).__name__}); see the driver's log"

@@ -23,7 +23,6 @@ from cryptvol.errors import (
     Internal,
     InvalidArgument,
     NotFound,
-    OutOfRange,
     ResourceExhausted,
 )
 from cryptvol.keys.manager import KeyManager
@@ -223,27 +222,6 @@ class ControllerEngine:
             self.keys.delete_dek(volume_id)
             provisioner.delete(volume_id)
             self.volumes.remove(record)
-
-    # --- ControllerExpandVolume -----------------------------------------------------------
-    def expand_volume(self, volume_id: str, required: int, limit: int) -> tuple[int, bool]:
-        with self.locks.hold(volume_id, "ControllerExpandVolume"):
-            record = self.volumes.require(volume_id)
-            if limit and limit < record.capacity_bytes:
-                raise OutOfRange(
-                    f"limit {limit} is below the volume's current size {record.capacity_bytes};"
-                    " volumes do not shrink"
-                )
-            target = capacity_for(required, limit, record.capacity_bytes)
-            if target <= record.capacity_bytes:
-                return record.capacity_bytes, record.node_capacity_bytes < record.capacity_bytes
-            self._pool(record).provisioner.expand(volume_id, target + LUKS2_HEADER_BYTES)
-
-            def grown(r: VolumeRecord) -> VolumeRecord:
-                return r.model_copy(update={"capacity_bytes": target,
-                                            "backing_bytes": target + LUKS2_HEADER_BYTES})
-
-            self.volumes.update(volume_id, grown)
-            return target, True
 
     # --- ValidateVolumeCapabilities, ListVolumes, GetCapacity ----------------------------
     def validate_capabilities(

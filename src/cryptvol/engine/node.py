@@ -17,7 +17,7 @@ from typing import Protocol
 from cryptvol.engine.ids import is_volume_id
 from cryptvol.engine.locks import OperationLocks
 from cryptvol.engine.publishing import MODES, mode_for
-from cryptvol.engine.sizes import LUKS2_HEADER_BYTES
+from cryptvol.engine.sizes import LUKS2_HEADER_BYTES, capacity_for
 from cryptvol.engine.types import Capability
 from cryptvol.errors import (
     FailedPrecondition,
@@ -213,24 +213,30 @@ class NodeEngine:
                     break
 
     # --- NodeExpandVolume -------------------------------------------------------------------
-    def expand(self, volume_id: str, volume_path: str, staging_path: str,
-               required: int, secrets: Mapping[str, str]) -> int:
+    def expand(self, volume_id: str, volume_path: str, required: int, limit: int,
+               secrets: Mapping[str, str]) -> int:
+        """Grow the backing volume to the size asked, then the mapping and what the workload
+        sees. Pools are node-local, so the node grows the backing volume itself: the driver
+        offers no controller expansion (see docs/architecture.md)."""
         with self.locks.hold(volume_id, "NodeExpandVolume"):
             record = self.volumes.require(volume_id)
             if not os.path.exists(volume_path):
                 raise NotFound(f"volume path {volume_path} does not exist")
+            if limit and limit < record.capacity_bytes:
+                raise OutOfRange(
+                    f"limit {limit} is below the volume's current size {record.capacity_bytes};"
+                    " volumes do not shrink"
+                )
+            target = capacity_for(required, limit, record.capacity_bytes)
             name = cryptsetup.mapping_name(volume_id)
             if not cryptsetup.is_active(name):
                 raise FailedPrecondition(f"volume {volume_id} is not staged on this node")
             attacher = self._attacher(record)
             if attacher.attached_device(volume_id) is None:
                 raise FailedPrecondition(f"volume {volume_id} is not attached on this node")
+            if target > record.capacity_bytes:
+                record = self._grow_backing(record, target)
             backing = attacher.refresh(volume_id)
-            if required and required + LUKS2_HEADER_BYTES > backing:
-                raise OutOfRange(
-                    f"the backing volume holds {backing - LUKS2_HEADER_BYTES} usable bytes, "
-                    f"less than the {required} asked; run ControllerExpandVolume first"
-                )
             if self._fit_mapping(record, name, backing,
                                  lambda: self._key(record, secrets, "NodeExpandVolume")):
                 failpoints.reached("expand:after-resize")
@@ -241,6 +247,17 @@ class NodeEngine:
             size = device_size(opened.device)
             self._record_node_capacity(volume_id, size)
             return size
+
+    def _grow_backing(self, record: VolumeRecord, capacity: int) -> VolumeRecord:
+        pool = self.pools.of_volume(record.id, record.pool)
+        pool.provisioner.expand(record.id, capacity + LUKS2_HEADER_BYTES)
+        failpoints.reached("expand:after-backing")
+
+        def grown(r: VolumeRecord) -> VolumeRecord:
+            return r.model_copy(update={"capacity_bytes": capacity,
+                                        "backing_bytes": capacity + LUKS2_HEADER_BYTES})
+
+        return self.volumes.update(record.id, grown)
 
     # --- NodeGetVolumeStats -----------------------------------------------------------------
     def stats(self, volume_id: str, volume_path: str) -> VolumeStats:

@@ -13,6 +13,7 @@ OK = grpc.StatusCode.OK
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 NOT_FOUND = grpc.StatusCode.NOT_FOUND
 OUT_OF_RANGE = grpc.StatusCode.OUT_OF_RANGE
+UNIMPLEMENTED = grpc.StatusCode.UNIMPLEMENTED
 MODE = pb.VolumeCapability.AccessMode
 EXT4 = mount_capability("ext4")
 MISSING = "cv-00000000000000000000000000000000"
@@ -128,36 +129,20 @@ CASES = [
         OK,
     ),
     (
-        "expand: no id",
+        "controller expansion is not offered: the node grows node-local volumes",
         "controller",
         "ControllerExpandVolume",
         lambda v, t: pb.ControllerExpandVolumeRequest(
-            capacity_range=pb.CapacityRange(required_bytes=MIB)
+            volume_id=v, capacity_range=pb.CapacityRange(required_bytes=128 * MIB)
         ),
-        INVALID,
+        UNIMPLEMENTED,
     ),
     (
-        "expand: no range",
-        "controller",
-        "ControllerExpandVolume",
-        lambda v, t: pb.ControllerExpandVolumeRequest(volume_id=v),
-        INVALID,
-    ),
-    (
-        "expand: unknown volume",
-        "controller",
-        "ControllerExpandVolume",
-        lambda v, t: pb.ControllerExpandVolumeRequest(
-            volume_id=MISSING, capacity_range=pb.CapacityRange(required_bytes=MIB)
-        ),
-        NOT_FOUND,
-    ),
-    (
-        "expand: limit below the current size",
-        "controller",
-        "ControllerExpandVolume",
-        lambda v, t: pb.ControllerExpandVolumeRequest(
-            volume_id=v, capacity_range=pb.CapacityRange(limit_bytes=MIB)
+        "node expand: limit below the current size",
+        "node",
+        "NodeExpandVolume",
+        lambda v, t: pb.NodeExpandVolumeRequest(
+            volume_id=v, volume_path=str(t), capacity_range=pb.CapacityRange(limit_bytes=MIB)
         ),
         OUT_OF_RANGE,
     ),

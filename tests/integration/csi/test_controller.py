@@ -88,24 +88,6 @@ def test_a_bad_list_token_is_aborted(csi):
     assert info.value.code() == grpc.StatusCode.ABORTED
 
 
-def test_expand_grows_the_backing_file_and_asks_for_node_expansion(csi, driver):
-    volume = create(csi)
-    grown = csi.controller.ControllerExpandVolume(
-        pb.ControllerExpandVolumeRequest(
-            volume_id=volume.volume_id, capacity_range=pb.CapacityRange(required_bytes=100 * MIB)
-        )
-    )
-    assert grown.capacity_bytes == 100 * MIB
-    assert grown.node_expansion_required
-    assert (driver.pool_dir / f"{volume.volume_id}.img").stat().st_size == 116 * MIB
-    again = csi.controller.ControllerExpandVolume(
-        pb.ControllerExpandVolumeRequest(
-            volume_id=volume.volume_id, capacity_range=pb.CapacityRange(required_bytes=100 * MIB)
-        )
-    )
-    assert again.capacity_bytes == 100 * MIB
-
-
 def test_get_capacity_tells_the_pools_free_space(csi, driver):
     import shutil
 
@@ -153,6 +135,18 @@ def test_identity_answers_name_version_capabilities_and_ready(csi):
         if c.HasField("volume_expansion")
     )
     assert csi.identity.Probe(pb.ProbeRequest()).ready.value
+
+
+def test_expansion_is_online_and_done_by_the_node_not_the_controller(csi):
+    """Pools are node-local: a resizer without controller expansion hands the request to
+    kubelet's NodeExpandVolume, which grows the backing volume on the volume's node."""
+    caps = csi.controller.ControllerGetCapabilities(pb.ControllerGetCapabilitiesRequest())
+    offered = {c.rpc.type for c in caps.capabilities}
+    rpc = pb.ControllerServiceCapability.RPC
+    assert rpc.EXPAND_VOLUME not in offered
+    assert offered >= {rpc.CREATE_DELETE_VOLUME, rpc.GET_CAPACITY}
+    node = csi.node.NodeGetCapabilities(pb.NodeGetCapabilitiesRequest()).capabilities
+    assert pb.NodeServiceCapability.RPC.EXPAND_VOLUME in {c.rpc.type for c in node}
 
 
 def test_node_reports_its_id_topology_and_capabilities(csi):
@@ -239,8 +233,6 @@ def test_every_controller_and_identity_rpc_called_twice_gives_the_same_answer(cs
         lambda: csi.controller.ValidateVolumeCapabilities(pb.ValidateVolumeCapabilitiesRequest(
             volume_id=vid, volume_capabilities=[mount_capability("ext4")])),
         lambda: csi.controller.ListVolumes(pb.ListVolumesRequest(max_entries=1)),
-        lambda: csi.controller.ControllerExpandVolume(pb.ControllerExpandVolumeRequest(
-            volume_id=vid, capacity_range=pb.CapacityRange(required_bytes=96 * MIB))),
         lambda: csi.node.NodeGetInfo(pb.NodeGetInfoRequest()),
         lambda: csi.node.NodeGetCapabilities(pb.NodeGetCapabilitiesRequest()),
         lambda: csi.controller.DeleteVolume(pb.DeleteVolumeRequest(volume_id=vid)),

@@ -69,20 +69,36 @@ def test_online_expansion_twice_keeps_data(csi, tmp_path, kind, key_source, keyr
     vol.delete()
 
 
-def test_a_volume_expanded_while_unstaged_grows_at_its_next_stage(csi, tmp_path):
+def test_a_volume_expanded_while_unstaged_grows_when_next_published(csi, tmp_path):
+    """Offline expansion: the resizer marks the claim, and kubelet calls NodeExpandVolume once
+    the next pod has the volume staged and published."""
     vol = _new(csi, tmp_path, "offline", "ext4", "secret")
     vol.stage()
     vol.publish()
     digest = vol.write()
     before = vol.size_seen()
     vol.release()
-    csi.controller.ControllerExpandVolume(
-        pb.ControllerExpandVolumeRequest(
-            volume_id=vol.volume_id, capacity_range=pb.CapacityRange(required_bytes=160 * MIB)
-        )
-    )
     vol.stage()
     vol.publish()
+    assert vol.expand(160 * MIB) >= 160 * MIB
+    assert vol.size_seen() > before + 64 * MIB
+    assert vol.checksum() == digest
+    vol.release()
+
+
+def test_a_crash_after_the_backing_volume_grew_completes_on_retry(driver, tmp_path):
+    vol = _new(driver.client, tmp_path, "crash-backing", "ext4")
+    vol.stage()
+    vol.publish()
+    digest = vol.write()
+    before = vol.size_seen()
+    vol.csi = driver.restart(failpoints="expand:after-backing")
+    with pytest.raises(grpc.RpcError) as info:
+        _node_expand(vol, 160 * MIB, {})
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    driver.wait_killed()
+    vol.csi = driver.restart()
+    assert vol.expand(160 * MIB) >= 160 * MIB
     assert vol.size_seen() > before + 64 * MIB
     assert vol.checksum() == digest
     vol.release()
@@ -95,11 +111,6 @@ def test_a_crash_between_resize_and_filesystem_grow_completes_on_retry(driver, t
     digest = vol.write()
     before = vol.size_seen()
     vol.csi = driver.restart(failpoints="expand:after-resize")
-    vol.csi.controller.ControllerExpandVolume(
-        pb.ControllerExpandVolumeRequest(
-            volume_id=vol.volume_id, capacity_range=pb.CapacityRange(required_bytes=160 * MIB)
-        )
-    )
     with pytest.raises(grpc.RpcError) as info:
         vol.csi.node.NodeExpandVolume(
             pb.NodeExpandVolumeRequest(
@@ -130,11 +141,13 @@ def _node_expand(vol, size, secrets):
     )
 
 
-def _controller_expand(vol, required, limit=0):
-    return vol.csi.controller.ControllerExpandVolume(
-        pb.ControllerExpandVolumeRequest(
+def _node_expand_range(vol, required, limit):
+    return vol.csi.node.NodeExpandVolume(
+        pb.NodeExpandVolumeRequest(
             volume_id=vol.volume_id,
+            volume_path=str(vol.target),
             capacity_range=pb.CapacityRange(required_bytes=required, limit_bytes=limit),
+            secrets=SECRETS,
         )
     )
 
@@ -142,34 +155,31 @@ def _controller_expand(vol, required, limit=0):
 BAD_EXPANSIONS = [
     (
         "no node-expand secret",
-        lambda v: (_controller_expand(v, 128 * MIB), _node_expand(v, 128 * MIB, {})),
+        lambda v: _node_expand(v, 128 * MIB, {}),
         grpc.StatusCode.INVALID_ARGUMENT,
         "node-expand-secret-name",
     ),
     (
         "secret without the configured key",
-        lambda v: (_controller_expand(v, 128 * MIB), _node_expand(v, 128 * MIB, {"pw": "x"})),
+        lambda v: _node_expand(v, 128 * MIB, {"pw": "x"}),
         grpc.StatusCode.INVALID_ARGUMENT,
         "no key 'passphrase'",
     ),
     (
         "wrong passphrase",
-        lambda v: (
-            _controller_expand(v, 128 * MIB),
-            _node_expand(v, 128 * MIB, {"passphrase": "wrong"}),
-        ),
+        lambda v: _node_expand(v, 128 * MIB, {"passphrase": "wrong"}),
         grpc.StatusCode.INVALID_ARGUMENT,
         "does not unlock",
     ),
     (
         "limit below the current size",
-        lambda v: _controller_expand(v, 0, 32 * MIB),
+        lambda v: _node_expand_range(v, 0, 32 * MIB),
         grpc.StatusCode.OUT_OF_RANGE,
         "below the volume's current size",
     ),
     (
         "size beyond the pool",
-        lambda v: _controller_expand(v, 1 << 50),
+        lambda v: _node_expand(v, 1 << 50, SECRETS),
         grpc.StatusCode.RESOURCE_EXHAUSTED,
         "free",
     ),
