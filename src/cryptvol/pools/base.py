@@ -26,6 +26,14 @@ class PoolCapabilities:
 
 
 @dataclass(frozen=True)
+class CopySource:
+    """What a new volume copies: a snapshot of a volume, or a volume as it is now."""
+
+    volume_id: str
+    snapshot_id: str = ""
+
+
+@dataclass(frozen=True)
 class PoolSpace:
     total_bytes: int
     free_bytes: int
@@ -56,6 +64,21 @@ class Provisioner(Protocol):
 
     def space(self) -> PoolSpace:
         """The pool's size and what is free in it right now."""
+        ...
+
+    def snapshot(self, volume_id: str, snapshot_id: str) -> int:
+        """Take a crash-consistent point-in-time copy of the backing volume's bytes; return
+        its size. A repeat with the same ids is a no-op that returns the same size."""
+        ...
+
+    def delete_snapshot(self, volume_id: str, snapshot_id: str) -> None:
+        """Remove a snapshot; an absent one succeeds. Where copies made from it still depend
+        on it, its storage is freed when the last of them goes."""
+        ...
+
+    def copy(self, source: CopySource, volume_id: str, size_bytes: int) -> None:
+        """Make a new backing volume of at least `size_bytes` holding the source's bytes.
+        A repeat with the same arguments is a no-op."""
         ...
 
 

@@ -8,14 +8,17 @@ import shutil
 from pathlib import Path
 
 from cryptvol.errors import FailedPrecondition, NotFound, ResourceExhausted
-from cryptvol.pools.base import Pool, PoolCapabilities, PoolSpace
+from cryptvol.pools.base import CopySource, Pool, PoolCapabilities, PoolSpace
 from cryptvol.system import run
 from cryptvol.system.devices import device_size
 
 KIND = "loop"
+# Copies are `cp --reflink=auto --sparse=always`: shared extents where the pool's filesystem
+# has reflinks (xfs, btrfs), a sparse copy elsewhere. Either way the copy is independent.
 CAPABILITIES = PoolCapabilities(
-    online_expand=True, thin_snapshot=False, clone=False, block_copy=True
+    online_expand=True, thin_snapshot=False, clone=True, block_copy=True
 )
+_SNAPSHOTS = "snapshots"
 _SYS_BLOCK = Path("/sys/block")
 _VOLUME_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -31,6 +34,11 @@ class LoopFiles:
         if not _VOLUME_ID.match(volume_id):
             raise NotFound(f"volume id {volume_id!r} is not one cryptvol made")
         return self.pool_dir / f"{volume_id}.img"
+
+    def snapshot_path(self, snapshot_id: str) -> Path:
+        if not _VOLUME_ID.match(snapshot_id):
+            raise NotFound(f"snapshot id {snapshot_id!r} is not one cryptvol made")
+        return self.pool_dir / _SNAPSHOTS / f"{snapshot_id}.img"
 
     def attached_device(self, volume_id: str) -> str | None:
         path = self.path(volume_id)
@@ -111,6 +119,48 @@ class LoopProvisioner:
     def space(self) -> PoolSpace:
         usage = shutil.disk_usage(self.pool_dir)
         return PoolSpace(total_bytes=usage.total, free_bytes=usage.free)
+
+    def snapshot(self, volume_id: str, snapshot_id: str) -> int:
+        source = self.files.path(volume_id)
+        if not source.exists():
+            raise NotFound(f"volume {volume_id} has no backing file")
+        target = self.files.snapshot_path(snapshot_id)
+        target.parent.mkdir(mode=0o700, exist_ok=True)
+        _copy_file(source, target)
+        return target.stat().st_size
+
+    def delete_snapshot(self, volume_id: str, snapshot_id: str) -> None:
+        target = self.files.snapshot_path(snapshot_id)
+        target.with_suffix(".img.tmp").unlink(missing_ok=True)
+        target.unlink(missing_ok=True)
+
+    def copy(self, source: CopySource, volume_id: str, size_bytes: int) -> None:
+        origin = (self.files.snapshot_path(source.snapshot_id) if source.snapshot_id
+                  else self.files.path(source.volume_id))
+        if not origin.exists():
+            what = f"snapshot {source.snapshot_id}" if source.snapshot_id else \
+                f"volume {source.volume_id}"
+            raise NotFound(f"{what} has no backing file in {self.pool_dir}")
+        target = self.files.path(volume_id)
+        _copy_file(origin, target)
+        if target.stat().st_size < size_bytes:
+            os.truncate(target, size_bytes)
+
+
+def _copy_file(origin: Path, target: Path) -> None:
+    """Copy under a temporary name and rename, so a file of the final name is always whole;
+    an existing target is a finished earlier copy."""
+    if target.exists():
+        return
+    tmp = target.with_suffix(".img.tmp")
+    run(["cp", "--reflink=auto", "--sparse=always", str(origin), str(tmp)], timeout=3600)
+    os.chmod(tmp, 0o600)
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.rename(tmp, target)
 
 
 class LoopAttacher:
