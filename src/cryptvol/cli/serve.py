@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import signal
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +13,7 @@ from cryptvol.csi.server import CsiServer
 from cryptvol.engine.driver import Driver, DriverSettings
 from cryptvol.errors import CryptvolError
 from cryptvol.keys.config import KeysConfig
+from cryptvol.rpc.server import wait_for_stop_signal
 from cryptvol.system import logs
 
 log = logging.getLogger("cryptvol.serve")
@@ -71,15 +70,7 @@ def serve_command(**options: Any) -> None:
         server.start()
     except CryptvolError as exc:
         raise click.ClickException(str(exc)) from None
-    stopping = threading.Event()
-
-    def on_signal(signum: int, _frame: object) -> None:
-        log.info("draining", extra={"signal": signal.Signals(signum).name})
-        stopping.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    stopping.wait()
+    log.info("draining", extra={"signal": wait_for_stop_signal()})
     server.stop(settings.grace_seconds)
     driver.close()
     log.info("stopped")
