@@ -15,6 +15,7 @@ from cryptvol.errors import CryptvolError
 from cryptvol.keys.config import KeysConfig
 from cryptvol.rpc.server import wait_for_stop_signal
 from cryptvol.system import logs
+from cryptvol.system.metrics import MetricsServer, new_registry, serve_metrics
 
 log = logging.getLogger("cryptvol.serve")
 
@@ -43,6 +44,8 @@ def _load_defaults(ctx: click.Context, _param: click.Parameter, value: Path | No
 @click.option("--log-level", envvar="CRYPTVOL_LOG_LEVEL", default="info",
               type=click.Choice(["debug", "info", "warning", "error"]))
 @click.option("--grace-seconds", envvar="CRYPTVOL_GRACE_SECONDS", type=float, default=30.0)
+@click.option("--metrics-address", envvar="CRYPTVOL_METRICS_ADDRESS", default="",
+              help="HOST:PORT to serve Prometheus /metrics on (default: off).")
 @click.option("--etcd-endpoints", envvar="CRYPTVOL_ETCD_ENDPOINTS", default="",
               help="Comma-separated etcd URLs; state then lives in etcd (default: SQLite).")
 @click.option("--root-key", envvar="CRYPTVOL_ROOT_KEY", type=click.Path(path_type=Path),
@@ -58,6 +61,8 @@ def serve_command(**options: Any) -> None:
     options = {k: v for k, v in options.items() if v is not None}
     settings = ServeSettings.model_validate(options)
     logs.configure(settings.log_json, settings.log_level)
+    registry = new_registry()
+    metrics: MetricsServer | None = None
     try:
         keys = KeysConfig(state_dir=settings.state_dir, etcd_endpoints=settings.etcd_endpoints,
                           root_key=settings.root_key, etcd_ca_file=settings.etcd_ca_file,
@@ -65,12 +70,16 @@ def serve_command(**options: Any) -> None:
                           etcd_key_file=settings.etcd_key_file)
         driver = Driver(DriverSettings(node_id=settings.node_id, role=settings.role,
                                        state_dir=settings.state_dir,
-                                       pool_dir=settings.pool_dir, keys=keys))
-        server = CsiServer(driver, settings.endpoint)
+                                       pool_dir=settings.pool_dir, keys=keys), registry)
+        server = CsiServer(driver, settings.endpoint, registry=registry)
+        if settings.metrics_address:
+            metrics = serve_metrics(registry, settings.metrics_address)
         server.start()
     except CryptvolError as exc:
         raise click.ClickException(str(exc)) from None
     log.info("draining", extra={"signal": wait_for_stop_signal()})
     server.stop(settings.grace_seconds)
+    if metrics is not None:
+        metrics.stop()
     driver.close()
     log.info("stopped")

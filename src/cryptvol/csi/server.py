@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import logging
 
+from prometheus_client import CollectorRegistry
+
 from cryptvol.csi.controller import ControllerServicer
 from cryptvol.csi.gen import csi_pb2_grpc
 from cryptvol.csi.identity import IdentityServicer
 from cryptvol.csi.node import NodeServicer
 from cryptvol.engine.driver import Driver
 from cryptvol.rpc.interceptor import RpcInterceptor
+from cryptvol.rpc.metrics import RpcMetrics
 from cryptvol.rpc.server import RpcServer
 
 log = logging.getLogger(__name__)
@@ -20,10 +23,12 @@ SECRET_FIELDS = ("secrets",)
 
 
 class CsiServer(RpcServer):
-    def __init__(self, driver: Driver, endpoint: str, workers: int = 16) -> None:
+    def __init__(self, driver: Driver, endpoint: str, workers: int = 16,
+                 registry: CollectorRegistry | None = None) -> None:
+        metrics = RpcMetrics(registry, "cryptvol_csi") if registry is not None else None
         super().__init__(
             endpoint,
-            RpcInterceptor(subjects=SUBJECTS, secret_fields=SECRET_FIELDS),
+            RpcInterceptor(subjects=SUBJECTS, secret_fields=SECRET_FIELDS, metrics=metrics),
             workers=workers,
             name="csi",
         )

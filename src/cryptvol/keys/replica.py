@@ -24,12 +24,14 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from cryptvol.errors import CryptvolError
-from cryptvol.keys import envelope, metrics
+from cryptvol.keys import envelope
 from cryptvol.keys.config import KeysConfig, open_keys
 from cryptvol.keys.keyset import DEK_PREFIX, KEYSET_KEY
 from cryptvol.keys.manager import KeyManager
+from cryptvol.keys.metrics import KeyMetrics
 from cryptvol.keys.replicas import NOT_READY, REPLICA_PREFIX, ReplicaReport
 from cryptvol.keys.status import read_cursor
+from cryptvol.system.metrics import new_registry
 
 log = logging.getLogger(__name__)
 
@@ -144,8 +146,7 @@ class Replica:
         except CryptvolError:
             return
         if state is not None:
-            metrics.REENCRYPT_DONE.set(state.done)
-            metrics.REENCRYPT_TOTAL.set(state.total)
+            self.manager.metrics.observe_reencrypt(state.done, state.total)
 
     def _count_deks(self) -> None:
         counts: Counter[str] = Counter()
@@ -160,9 +161,9 @@ class Replica:
                 after = entries[-1].key
         except CryptvolError:
             return
-        metrics.DEKS_PER_KEK.clear()
+        self.manager.metrics.deks_per_kek.clear()
         for kek_id, n in counts.items():
-            metrics.DEKS_PER_KEK.labels(kek=kek_id).set(n)
+            self.manager.metrics.deks_per_kek.labels(kek=kek_id).set(n)
 
     def start(self) -> Replica:
         self._thread = threading.Thread(target=self._run, name=f"replica-{self.name}", daemon=True)
@@ -172,7 +173,7 @@ class Replica:
     def _run(self) -> None:
         while not self._stop.is_set():
             self.tick()
-            metrics.READY.set(1 if self.ready() else 0)
+            self.manager.metrics.ready.set(1 if self.ready() else 0)
             self._stop.wait(self.interval)
 
     def stop(self) -> None:
@@ -198,7 +199,7 @@ class _Handler(BaseHTTPRequestHandler):
         elif self.path == "/status":
             self._send(200, "application/json", json.dumps(r.status()).encode())
         elif self.path == "/metrics":
-            self._send(200, CONTENT_TYPE_LATEST, generate_latest())
+            self._send(200, CONTENT_TYPE_LATEST, generate_latest(r.manager.metrics.registry))
         else:
             self._send(404, "text/plain", b"not found\n")
 
@@ -229,7 +230,7 @@ def run_replica(
     ttl: float = DEFAULT_TTL,
 ) -> int:
     """The key-manager process: runs until SIGTERM or SIGINT, then exits 0."""
-    store, manager = open_keys(config, lazy=True)
+    store, manager = open_keys(config, lazy=True, metrics=KeyMetrics(new_registry()))
     replica = Replica(manager, name, interval=interval, ttl=ttl)
     server = serve_health(replica, *health) if health else None
     done = threading.Event()

@@ -28,7 +28,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 
 from cryptvol.errors import Aborted, FailedPrecondition, InvalidArgument
-from cryptvol.keys import envelope, metrics
+from cryptvol.keys import envelope
 from cryptvol.keys.kek import KekProvider, new_kek_id
 from cryptvol.keys.keyset import (
     DEK_PREFIX,
@@ -38,6 +38,7 @@ from cryptvol.keys.keyset import (
     Retired,
 )
 from cryptvol.keys.manager import LoadedKeySet, load_key_set
+from cryptvol.keys.metrics import KeyMetrics
 from cryptvol.keys.replicas import await_agreement
 from cryptvol.keys.status import (
     ALLOWED_NEXT,
@@ -61,9 +62,15 @@ Progress = Callable[[int, int], None]
 class Rotation:
     """Drives the stages. `provider` is needed for prepare and reencrypt, not for status."""
 
-    def __init__(self, store: Store, provider: KekProvider | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        provider: KekProvider | None = None,
+        metrics: KeyMetrics | None = None,
+    ) -> None:
         self.store = store
         self._provider = provider
+        self.metrics = metrics if metrics is not None else KeyMetrics()
 
     @property
     def provider(self) -> KekProvider:
@@ -107,7 +114,7 @@ class Rotation:
             [Compare(KEYSET_KEY, old_revision)], [Put(KEYSET_KEY, new.to_bytes()), *extra]
         ):
             raise Aborted("the key set changed while this transition ran; run it again")
-        metrics.observe_key_set(new)
+        self.metrics.observe_key_set(new)
         entry = self.store.get(KEYSET_KEY)
         return entry.revision if entry else 0
 
@@ -239,8 +246,7 @@ class Rotation:
                         last_save = time.monotonic()
                     if progress is not None:
                         progress(state.done, state.total)
-                    metrics.REENCRYPT_DONE.set(state.done)
-                    metrics.REENCRYPT_TOTAL.set(state.total)
+                    self.metrics.observe_reencrypt(state.done, state.total)
                 if not entries:
                     return state
 
@@ -308,7 +314,7 @@ class Rotation:
                 return None
             dek = envelope.open_envelope(env, volume_id, loaded.find(env.kek_id))
         except Exception:
-            metrics.UNWRAP_ERRORS.inc()
+            self.metrics.unwrap_errors.inc()
             raise
         return envelope.wrap(loaded.current, dek, volume_id)
 

@@ -16,6 +16,7 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
 from cryptvol.errors import CryptvolError
+from cryptvol.rpc.metrics import RpcMetrics
 from cryptvol.rpc.status import code_for, message_for
 
 log = logging.getLogger("cryptvol.rpc")
@@ -45,16 +46,19 @@ def _mask(field_type: int) -> str | bytes:
 
 class RpcInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
     """`subjects` maps a log field to the request fields that fill it (the first non-empty
-    one wins), e.g. {"volume": ("volume_id", "name")}; `secret_fields` are masked."""
+    one wins), e.g. {"volume": ("volume_id", "name")}; `secret_fields` are masked;
+    `metrics`, when given, counts every RPC and times it."""
 
     def __init__(
         self,
         *,
         subjects: Mapping[str, Sequence[str]],
         secret_fields: Sequence[str],
+        metrics: RpcMetrics | None = None,
     ) -> None:
         self._subjects = {k: tuple(v) for k, v in subjects.items()}
         self._secret_fields = tuple(secret_fields)
+        self._metrics = metrics
 
     def _subject(self, request: Message) -> dict[str, str]:
         found = {}
@@ -95,11 +99,14 @@ class RpcInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
                                                      "error_type": type(exc).__name__})
                 context.abort(code, message_for(exc))
             finally:
+                seconds = time.monotonic() - started
+                if self._metrics is not None:
+                    self._metrics.observe(method, code.name, seconds)
                 log.info("rpc", extra={
                     "method": method,
                     **self._subject(request),
                     "code": code.name,
-                    "duration_ms": round((time.monotonic() - started) * 1000, 1),
+                    "duration_ms": round(seconds * 1000, 1),
                 })
 
         return grpc.unary_unary_rpc_method_handler(
