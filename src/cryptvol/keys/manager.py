@@ -183,7 +183,8 @@ class KeyManager:
     def loaded_or_none(self) -> LoadedKeySet | None:
         return self._loaded
 
-    def _refresh_if_stale(self, seen: LoadedKeySet) -> LoadedKeySet:
+    def refresh_if_stale(self, seen: LoadedKeySet) -> LoadedKeySet:
+        """`seen`, or the key set loaded again if the store's record has changed since."""
         entry = self.store.get(KEYSET_KEY)
         if entry is not None and entry.revision != seen.revision:
             return self.reload()
@@ -209,7 +210,7 @@ class KeyManager:
                 [Compare(key, 0), Compare(KEYSET_KEY, loaded.revision)], [Put(key, blob)]
             ):
                 return dek
-            self._refresh_if_stale(loaded)
+            self.refresh_if_stale(loaded)
         raise Aborted(f"the data key of volume {volume_id} kept changing while creating it; retry")
 
     def get_dek(self, volume_id: str) -> Secret:
@@ -229,7 +230,7 @@ class KeyManager:
             kek_id = envelope.peek_kek_id(raw, what=f"volume {volume_id}")
             if kek_id not in loaded.keks:
                 # A rotation may have happened since this replica loaded its key set.
-                loaded = self._refresh_if_stale(loaded)
+                loaded = self.refresh_if_stale(loaded)
             return envelope.unwrap(raw, volume_id, loaded.find)
         except CryptvolError:
             self.metrics.unwrap_errors.inc()

@@ -18,6 +18,7 @@ import socket
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -49,7 +50,10 @@ class Replica:
         interval: float = DEFAULT_INTERVAL,
         ttl: float = DEFAULT_TTL,
         count_interval: float = 300.0,
+        tasks: Sequence[Callable[[], object]] = (),
     ) -> None:
+        """`tasks` run after each round's report (a KMS plugin flushes its KEK use there);
+        a task that fails is logged and does not stop the loop."""
         if not name or "/" in name:
             raise ValueError("a replica name is non-empty and has no '/'")
         self.manager = manager
@@ -58,7 +62,11 @@ class Replica:
         self.interval = interval
         self.ttl = ttl
         self.count_interval = count_interval
+        self.tasks = tuple(tasks)
         self._published = False
+        # When the last round that read the key-set record and published the report began
+        # (monotonic): until a lease later, no rotation can have gone ahead without us.
+        self._confirmed: float | None = None
         self._last_error = ""
         self._last_count = 0.0
         self._stop = threading.Event()
@@ -74,6 +82,22 @@ class Replica:
             return self.manager.not_ready_reason()
         if not self._published:
             return f"the key set is loaded but not yet reported: {self._last_error or 'starting'}"
+        return ""
+
+    def unconfirmed_reason(self) -> str:
+        """Why the loaded key set may be stale, or "" while it was confirmed against the store
+        within one report lease. A replica whose report lapsed is left out of rotation
+        agreement, so past that it must not wrap anything new."""
+        if self._confirmed is None:
+            return "the key set has not been confirmed against the store yet: " + (
+                self._last_error or self.manager.not_ready_reason() or "starting"
+            )
+        age = time.monotonic() - self._confirmed
+        if age >= self.ttl:
+            return (
+                f"the key set was last confirmed against the store {age:.0f}s ago, longer than"
+                f" the {self.ttl:g}s report lease: {self._last_error or 'no round finished'}"
+            )
         return ""
 
     def status(self) -> dict[str, Any]:
@@ -96,6 +120,8 @@ class Replica:
 
     def tick(self) -> None:
         """One round: catch up with the key-set record, then publish the report."""
+        started = time.monotonic()
+        checked = False
         try:
             if not self.manager.ready():
                 self.manager.reload()
@@ -103,19 +129,27 @@ class Replica:
                 entry = self.manager.store.get(KEYSET_KEY)
                 if entry is None or entry.revision != self.manager.loaded.revision:
                     self.manager.reload()
+            checked = True
             self._last_error = ""
         except CryptvolError as exc:
             self._last_error = str(exc)
         except Exception as exc:  # never let a surprise stop the replica
             self._last_error = f"unexpected {type(exc).__name__}: {exc}"
             log.exception("replica %s: loading the key set failed", self.name)
-        self._publish()
+        if self._publish() and checked:
+            self._confirmed = started
+        for task in self.tasks:
+            try:
+                task()
+            except Exception as exc:
+                log.warning("replica %s: a task failed: %s", self.name, type(exc).__name__)
         self._observe_reencrypt()
         if self.count_interval > 0 and time.monotonic() - self._last_count > self.count_interval:
             self._last_count = time.monotonic()
             self._count_deks()
 
-    def _publish(self) -> None:
+    def _publish(self) -> bool:
+        """Put this replica's report; True when it reported a loaded key set."""
         loaded = self.manager.loaded_or_none()
         report = ReplicaReport(
             name=self.name,
@@ -132,13 +166,14 @@ class Replica:
             self.manager.store.put_lease(REPLICA_PREFIX + self.name, report.to_bytes(), self.ttl)
         except CryptvolError as exc:
             self._last_error = f"cannot publish the replica report: {exc}"
-            return
+            return False
         except Exception as exc:
             self._last_error = f"cannot publish the replica report: {type(exc).__name__}"
             log.exception("replica %s: publishing failed", self.name)
-            return
+            return False
         if loaded is not None:
             self._published = True
+        return loaded is not None
 
     def _observe_reencrypt(self) -> None:
         try:

@@ -5,7 +5,9 @@ Stages, in the key-set record (`keyset`):
 `prepare` (from start or reencrypt_finished) adds a new KEK that every replica loads but none
 wraps with; `rotate` (from prepare) makes it current, keeping the old one to unwrap;
 `reencrypt` (from rotate) re-wraps every DEK under the current KEK and then retires the
-others. Each transition first waits until every live replica reports the key set of the
+others, unless a KMS plugin used one of them within the retire grace (`usage`): what the
+plugin encrypted lives in kube-apiserver's store, which only the operator can rewrite.
+Each transition first waits until every live replica reports the key set of the
 present stage (bounded), and then changes the record by compare-and-swap: two operators, or
 an operator and a crashed-and-restarted one, can never both apply it.
 
@@ -49,6 +51,7 @@ from cryptvol.keys.status import (
     read_key_set,
     read_status,
 )
+from cryptvol.keys.usage import DEFAULT_RETIRE_GRACE, LastUse, recently_used
 from cryptvol.store.base import Compare, Entry, Put, Store
 
 log = logging.getLogger(__name__)
@@ -162,8 +165,13 @@ class Rotation:
         wait: float = DEFAULT_WAIT,
         batch: int = 0,
         progress: Progress | None = None,
+        retire_grace: float = DEFAULT_RETIRE_GRACE,
     ) -> ReencryptState:
         """Run (or resume) reencrypt through to reencrypt_finished; return the final cursor.
+
+        Before retiring, a KEK a KMS plugin used within `retire_grace` seconds stops it with
+        FailedPrecondition (unless `force`): every DEK is re-wrapped by then and the stage
+        stays reencrypt_active, so running it again later only retires.
 
         Run again once finished, it only forgets retired KEK material that a crash between
         retiring and forgetting may have left, and returns the finished cursor."""
@@ -200,6 +208,7 @@ class Rotation:
         state = self._walk(loaded, batch or _batch_size(self.store), progress)
         self._sweep(loaded, progress, state)
         self._agree(loaded.record, force, wait)
+        self._check_kms_use(loaded, force, retire_grace)
         return self._finish(loaded)
 
     def _walk(self, loaded: LoadedKeySet, batch: int, progress: Progress | None) -> ReencryptState:
@@ -334,6 +343,16 @@ class Rotation:
         if progress is not None:
             progress(state.total, state.total)
 
+    def _check_kms_use(self, loaded: LoadedKeySet, force: bool, grace: float) -> None:
+        old = [k.id for k in loaded.record.by_role("previous")]
+        busy = recently_used(self.store, old, grace)
+        if not busy:
+            return
+        message = kms_use_message(busy, loaded.record.current.id, grace)
+        if not force:
+            raise FailedPrecondition(message + " (--force retires it now)")
+        log.warning("forced: %s", message)
+
     def _finish(self, loaded: LoadedKeySet) -> ReencryptState:
         now = time.time()
         record = loaded.record
@@ -358,7 +377,23 @@ class Rotation:
             self.provider.discard(r.id)
 
 
-FORCE_SKIPS = "the stage order and the wait for every replica to agree"
+FORCE_SKIPS = (
+    "the stage order, the wait for every replica to agree and the KMS plugins' retire grace"
+)
+REWRITE_SECRETS = "kubectl get secrets -A -o json | kubectl replace -f -"
+
+
+def kms_use_message(busy: list[LastUse], current: str, grace: float) -> str:
+    now = time.time()
+    uses = "; ".join(
+        f"KEK {u.kek_id} was used by KMS plugin {u.replica} {now - u.time:.0f}s ago" for u in busy
+    )
+    return (
+        f"every DEK is re-wrapped under {current}, but the old KEK cannot be retired yet: {uses}"
+        f" (retire grace {grace:g}s). kube-apiserver's stored Secrets may still be encrypted"
+        f" under it: rewrite them ({REWRITE_SECRETS}) and run cryptvol keys reencrypt again"
+        " once no plugin has used the old KEK for the retire grace"
+    )
 
 
 def _batch_size(store: Store) -> int:
