@@ -378,7 +378,7 @@ class Rotation:
 
 
 FORCE_SKIPS = (
-    "the stage order, the wait for every replica to agree and the KMS plugins' retire grace"
+    "the stage order and the wait for every replica to agree, and the KMS plugins' retire grace"
 )
 REWRITE_SECRETS = "kubectl get secrets -A -o json | kubectl replace -f -"
 
