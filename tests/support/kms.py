@@ -14,6 +14,20 @@ from cryptvol.kms.client import KmsClient
 
 
 @dataclass
+def keys_cli(
+    *args: str, store_args: list[str], check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """Run `cryptvol keys ARGS STORE_ARGS` as a process, the way an operator does."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CRYPTVOL_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "cryptvol", "keys", *args, *store_args],
+        capture_output=True, text=True, env=env, timeout=180,
+    )
+    if check:
+        assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
 class RunningKms:
     work: Path
     name: str = "kms-a"

@@ -21,18 +21,7 @@ import pytest
 from cryptvol.kms.client import KmsClient
 from cryptvol.kms.gen import kms_pb2 as pb
 from support.etcd_cluster import free_port
-from support.kms import RunningKms
-
-
-def keys_cli(*args: str, state: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CRYPTVOL_")}
-    result = subprocess.run(
-        [sys.executable, "-m", "cryptvol", "keys", *args, "--state-dir", str(state)],
-        capture_output=True, text=True, env=env, timeout=120,
-    )
-    if check:
-        assert result.returncode == 0, result.stdout + result.stderr
-    return result
+from support.kms import RunningKms, keys_cli
 
 
 @pytest.fixture
@@ -125,7 +114,7 @@ def test_rotation_with_a_running_plugin_changes_the_key_id_once_at_rotate(
 ) -> None:
     client = plugin.client
     assert client is not None
-    state = tmp_path / "state"
+    state_args = ["--state-dir", str(tmp_path / "state")]
     seen_key_ids = [client.status().key_id]
     data: dict[bytes, pb.EncryptResponse] = {}
 
@@ -139,25 +128,25 @@ def test_rotation_with_a_running_plugin_changes_the_key_id_once_at_rotate(
             seen_key_ids.append(status.key_id)
 
     encrypt_and_check_all(b"a")  # before prepare
-    keys_cli("prepare", state=state)
+    keys_cli("prepare", store_args=state_args)
     time.sleep(0.5)  # a few replica rounds: the plugin loads the prepared KEK
     encrypt_and_check_all(b"b")  # between prepare and rotate
     old = seen_key_ids[0]
-    new = json.loads(keys_cli("status", "--json", state=state).stdout)["keks"][1]["id"]
-    keys_cli("rotate", state=state)
+    new = json.loads(keys_cli("status", "--json", store_args=state_args).stdout)["keks"][1]["id"]
+    keys_cli("rotate", store_args=state_args)
     _wait_key_id(client, new)
     encrypt_and_check_all(b"c")  # after rotate
     assert seen_key_ids == [old, new]
     assert data[b"c" * 32].key_id == new and data[b"a" * 32].key_id == old
 
-    refused = keys_cli("reencrypt", "--quiet", state=state, check=False)
+    refused = keys_cli("reencrypt", "--quiet", store_args=state_args, check=False)
     assert refused.returncode == 1
     assert f"KEK {old} was used by KMS plugin kms-a" in refused.stderr
     assert "kubectl get secrets -A -o json | kubectl replace -f -" in refused.stderr
-    shown = keys_cli("status", state=state).stdout
+    shown = keys_cli("status", store_args=state_args).stdout
     assert "KMS use" in shown and "(kms-a)" in shown
     encrypt_and_check_all(b"d")  # still everything decrypts
-    keys_cli("reencrypt", "--quiet", "--retire-grace", "0", state=state)
+    keys_cli("reencrypt", "--quiet", "--retire-grace", "0", store_args=state_args)
     deadline = time.monotonic() + 20
     while True:
         try:
