@@ -13,7 +13,6 @@ from pathlib import Path
 from cryptvol.kms.client import KmsClient
 
 
-@dataclass
 def keys_cli(
     *args: str, store_args: list[str], check: bool = True
 ) -> subprocess.CompletedProcess[str]:
@@ -28,6 +27,7 @@ def keys_cli(
     return result
 
 
+@dataclass
 class RunningKms:
     work: Path
     name: str = "kms-a"

@@ -11,6 +11,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -68,10 +71,18 @@ def restart_without_quorum(plugin: RunningKms, cluster: EtcdCluster, member: obj
     assert plugin.alive()
 
 
-def test_rotation_with_two_plugins_a_member_down_and_restarts_in_every_stage(
-    tmp_path: Path,
-) -> None:
-    cluster = EtcdCluster(tmp_path / "etcd", size=3).start()
+@dataclass
+class Setup:
+    cluster: EtcdCluster
+    root_key: Path
+    store_args: list[str]
+    plugins: list[RunningKms]
+
+
+@contextmanager
+def two_plugins(tmp_path: Path, members: int) -> Iterator[Setup]:
+    """A real etcd cluster, a root key and two running plugins, kms-a and kms-b."""
+    cluster = EtcdCluster(tmp_path / "etcd", size=members).start()
     plugins: list[RunningKms] = []
     try:
         root_key = tmp_path / "root.key"
@@ -80,6 +91,20 @@ def test_rotation_with_two_plugins_a_member_down_and_restarts_in_every_stage(
         plugins += [RunningKms(tmp_path, name=n, store_args=store_args) for n in ("kms-a", "kms-b")]
         for p in plugins:
             p.start()
+        yield Setup(cluster, root_key, store_args, plugins)
+        for p in plugins:
+            assert p.stop() == 0
+    finally:
+        for p in plugins:
+            p.kill()
+        cluster.stop()
+
+
+def test_rotation_with_two_plugins_a_member_down_and_restarts_in_every_stage(
+    tmp_path: Path,
+) -> None:
+    with two_plugins(tmp_path, 3) as setup:
+        cluster, store_args, plugins = setup.cluster, setup.store_args, setup.plugins
         a, b = plugins
         assert a.client is not None and b.client is not None
         data = {b"0" * 32: a.client.encrypt(b"0" * 32)}
@@ -123,26 +148,14 @@ def test_rotation_with_two_plugins_a_member_down_and_restarts_in_every_stage(
                 assert time.monotonic() < deadline, f"{p.name} still decrypts the retired KEK"
                 time.sleep(0.1)
             assert p.client.decrypt(data[b"2" * 32]) == b"2" * 32
-        for p in plugins:
-            assert p.stop() == 0
-    finally:
-        for p in plugins:
-            p.kill()
-        cluster.stop()
 
 
 def test_sigkill_of_the_cli_and_a_plugin_during_reencrypt_then_the_next_run_completes_it(
     tmp_path: Path,
 ) -> None:
-    cluster = EtcdCluster(tmp_path / "etcd", size=1).start()
-    plugins: list[RunningKms] = []
-    try:
-        root_key = tmp_path / "root.key"
-        make_root_key(root_key)
-        store_args = ["--etcd-endpoints", cluster.endpoints, "--root-key", str(root_key)]
-        plugins += [RunningKms(tmp_path, name=n, store_args=store_args) for n in ("kms-a", "kms-b")]
-        for p in plugins:
-            p.start()
+    with two_plugins(tmp_path, 1) as setup:
+        cluster, store_args, plugins = setup.cluster, setup.store_args, setup.plugins
+        root_key = setup.root_key
         a, b = plugins
         assert a.client is not None
         store = EtcdStore(cluster.endpoints)
@@ -182,9 +195,3 @@ def test_sigkill_of_the_cli_and_a_plugin_during_reencrypt_then_the_next_run_comp
             wait_key_id(p.client, new)
             assert p.client.decrypt(after) == b"n" * 32
         store.close()
-        for p in plugins:
-            assert p.stop() == 0
-    finally:
-        for p in plugins:
-            p.kill()
-        cluster.stop()
