@@ -37,6 +37,8 @@ def _generate_stubs() -> None:
     if spec is None or spec.loader is None:
         raise RuntimeError(f"cannot load {script}")
     module = importlib.util.module_from_spec(spec)
+    # Registered first: its dataclasses look their module up in sys.modules.
+    sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     module.generate()
 
