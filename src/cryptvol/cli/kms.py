@@ -58,14 +58,14 @@ def serve_command(config: KeysConfig, listen: str, name: str | None, metrics_add
     from cryptvol.keys.sealed import Sealer
     from cryptvol.keys.usage import KekUsage
     from cryptvol.kms.server import KmsServer
-    from cryptvol.rpc.endpoint import socket_path
+    from cryptvol.rpc.endpoint import claim_socket, socket_path
     from cryptvol.rpc.server import wait_for_stop_signal
     from cryptvol.system.metrics import new_registry, parse_address, serve_metrics
 
     logs.configure(log_json, log_level)
     name = name or f"kms-{socket.gethostname()}"
-    # Flags that cannot work are refused before anything starts.
-    socket_path(listen)
+    # Flags that cannot work are refused before anything starts or is written.
+    claim_socket(socket_path(listen))
     if metrics_address:
         parse_address(metrics_address)
     _check_root_key(config.root_key)

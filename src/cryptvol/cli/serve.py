@@ -13,6 +13,7 @@ from cryptvol.csi.server import CsiServer
 from cryptvol.engine.driver import Driver, DriverSettings
 from cryptvol.errors import CryptvolError
 from cryptvol.keys.config import KeysConfig
+from cryptvol.rpc.endpoint import claim_socket, socket_path
 from cryptvol.rpc.server import wait_for_stop_signal
 from cryptvol.system import logs
 from cryptvol.system.metrics import MetricsServer, new_registry, serve_metrics
@@ -64,6 +65,11 @@ def serve_command(**options: Any) -> None:
     registry = new_registry()
     metrics: MetricsServer | None = None
     try:
+        # What the flags name is checked before the driver starts its threads, so a refusal
+        # ends the process cleanly, with one line.
+        claim_socket(socket_path(settings.endpoint))
+        if settings.metrics_address:
+            metrics = serve_metrics(registry, settings.metrics_address)
         keys = KeysConfig(state_dir=settings.state_dir, etcd_endpoints=settings.etcd_endpoints,
                           root_key=settings.root_key, etcd_ca_file=settings.etcd_ca_file,
                           etcd_cert_file=settings.etcd_cert_file,
@@ -72,8 +78,6 @@ def serve_command(**options: Any) -> None:
                                        state_dir=settings.state_dir,
                                        pool_dir=settings.pool_dir, keys=keys), registry)
         server = CsiServer(driver, settings.endpoint, registry=registry)
-        if settings.metrics_address:
-            metrics = serve_metrics(registry, settings.metrics_address)
         server.start()
     except CryptvolError as exc:
         raise click.ClickException(str(exc)) from None

@@ -254,3 +254,4 @@ def test_a_listen_path_naming_a_regular_file_is_refused_and_kept(tmp_path: Path)
     )
     assert result.returncode == 1 and "is a regular file, not a unix socket" in result.stderr
     assert victim.read_text() == "precious"
+    assert not (tmp_path / "s").exists()  # refused before any key was made
