@@ -59,6 +59,8 @@ class RpcInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         self._subjects = {k: tuple(v) for k, v in subjects.items()}
         self._secret_fields = tuple(secret_fields)
         self._metrics = metrics
+        # gRPC asks for every call; the wrapped handler of a method never changes.
+        self._wrapped: dict[str, Any] = {}
 
     def _subject(self, request: Message) -> dict[str, str]:
         found = {}
@@ -75,10 +77,17 @@ class RpcInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
 
     def intercept_service(self, continuation: Callable[[Any], Any],
                           details: grpc.HandlerCallDetails) -> Any:
+        wrapped = self._wrapped.get(details.method)
+        if wrapped is not None:
+            return wrapped
         handler = continuation(details)
         if handler is None or handler.unary_unary is None:
             return handler
-        method = details.method.rsplit("/", 1)[-1]
+        wrapped = self._wrap(details.method.rsplit("/", 1)[-1], handler)
+        self._wrapped[details.method] = wrapped
+        return wrapped
+
+    def _wrap(self, method: str, handler: Any) -> Any:
         inner = handler.unary_unary
 
         def call(request: Message, context: grpc.ServicerContext) -> Any:
