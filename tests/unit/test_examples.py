@@ -46,3 +46,51 @@ def test_the_storageclass_parameters_pass_the_drivers_validation():
     parsed = parse_parameters({k: str(v) for k, v in params.items() if k not in SECRET_REFS})
     assert parsed.key_source == "secret"
     assert parsed.luks.pbkdf == "argon2id"
+
+
+KMS_CONFIG = EXAMPLE.parent / "kms-encryption-config.yaml"
+KMS_POD = EXAMPLE.parent / "kms-static-pod.yaml"
+
+
+def test_the_encryption_configuration_uses_the_kms_v2_plugin_for_secrets():
+    from cryptvol.cli.kms import DEFAULT_LISTEN
+    from cryptvol.rpc.endpoint import socket_path
+
+    doc = yaml.safe_load(KMS_CONFIG.read_text())
+    assert (doc["apiVersion"], doc["kind"]) == (
+        "apiserver.config.k8s.io/v1", "EncryptionConfiguration"
+    )
+    (rule,) = doc["resources"]
+    assert rule["resources"] == ["secrets"]
+    first, last = rule["providers"]
+    kms = first["kms"]
+    assert kms["apiVersion"] == "v2"
+    assert kms["name"] and ":" not in kms["name"]  # the apiserver refuses ':' in v2 names
+    assert "cachesize" not in kms  # a v1-only field: v2 configurations refuse it
+    assert kms["endpoint"] == DEFAULT_LISTEN
+    socket_path(kms["endpoint"])  # the plugin accepts it as --listen
+    assert kms["timeout"].endswith("s") and 0 < float(kms["timeout"][:-1]) <= 10
+    assert last == {"identity": {}}  # Secrets from before encryption still read
+
+
+def test_the_static_pod_runs_the_plugin_on_the_configured_socket_with_real_flags():
+    from cryptvol.cli.kms import serve_command
+
+    pod = yaml.safe_load(KMS_POD.read_text())
+    (container,) = pod["spec"]["containers"]
+    command = container["command"]
+    assert command[:3] == ["cryptvol", "kms", "serve"]
+    known = {opt for p in serve_command.params for opt in (*p.opts, *p.secondary_opts)}
+    flags = dict(arg.split("=", 1) if "=" in arg else (arg, "") for arg in command[3:])
+    assert set(flags) <= known, set(flags) - known
+    endpoint = yaml.safe_load(KMS_CONFIG.read_text())["resources"][0]["providers"][0]["kms"][
+        "endpoint"
+    ]
+    assert flags["--listen"] == endpoint
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    host = {v["name"]: v["hostPath"]["path"] for v in pod["spec"]["volumes"]}
+    socket_dir = str(Path(endpoint.removeprefix("unix://")).parent)
+    assert socket_dir in mounts.values()
+    assert host[next(n for n, p in mounts.items() if p == socket_dir)] == socket_dir
+    for flag in ("--root-key", "--etcd-ca-file", "--etcd-cert-file", "--etcd-key-file"):
+        assert any(flags[flag].startswith(p + "/") for p in mounts.values()), flag

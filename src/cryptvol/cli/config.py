@@ -36,6 +36,8 @@ class ServeSettings(BaseModel):
     log_json: bool = False
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     grace_seconds: float = Field(default=30.0, ge=0)
+    # HOST:PORT of the Prometheus /metrics endpoint; empty: none.
+    metrics_address: str = ""
     # A cluster keeps state in etcd; the KEK set is then sealed by a root key file (a
     # path: the key itself never comes from configuration).
     etcd_endpoints: str = ""

@@ -164,9 +164,13 @@ def render_status(doc: dict[str, Any]) -> str:
     ]
     for k in doc["keks"]:
         age = _age(now - k["created"])
-        lines.append(f"  {k['id']:<34} {k['role']:<9} fp {k['fingerprint'][:16]}  age {age}")
+        lines.append(
+            f"  {k['id']:<34} {k['role']:<9} fp {k['fingerprint'][:16]}  age {age:<6}"
+            f" {_kms_use(k, now)}".rstrip()
+        )
     for r in doc["retired"]:
-        lines.append(f"  {r['id']:<34} retired   fp {r['fingerprint'][:16]}")
+        lines.append(f"  {r['id']:<34} retired   fp {r['fingerprint'][:16]}  {'':<10} "
+                     f"{_kms_use(r, now)}".rstrip())
     lines.append(f"DEKs:         {doc['deks']}")
     expected = doc["expected_report"]
     lines.append(f"key-set hash: {expected.rsplit('-', 1)[0]}-{expected.rsplit('-', 1)[1][:12]}")
@@ -191,6 +195,12 @@ def render_status(doc: dict[str, Any]) -> str:
             f" {re['rewrapped']} re-wrapped, {re['rate_per_second']}/s{eta}"
         )
     return "\n".join(lines)
+
+
+def _kms_use(kek: dict[str, Any], now: float) -> str:
+    if kek.get("kms_last_used") is None:
+        return ""
+    return f"KMS use {_age(now - kek['kms_last_used'])} ago ({kek['kms_last_used_by']})"
 
 
 def _age(seconds: float) -> str:
@@ -251,16 +261,23 @@ def rotate_command(config: KeysConfig, force: bool, wait: float) -> None:
 @_transition_options
 @click.option("--batch", type=int, default=0, help="DEKs per transaction [default: store's].")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option(
+    "--retire-grace",
+    default="24h",
+    show_default=True,
+    help="An old KEK a KMS plugin used this recently (e.g. 24h, 30m, 90s, 0) is not retired.",
+)
 @store_options
 def reencrypt_command(
-    config: KeysConfig, force: bool, wait: float, batch: int, quiet: bool
+    config: KeysConfig, force: bool, wait: float, batch: int, quiet: bool, retire_grace: str
 ) -> None:
     """Re-wrap every DEK under the current KEK, then retire the old ones (resumable)."""
+    grace = parse_duration(retire_grace, "--retire-grace")
     _say_forced(force)
     store, rotation = _rotation(config)
     try:
         if quiet or not sys.stderr.isatty():
-            state = rotation.reencrypt(force=force, wait=wait, batch=batch)
+            state = rotation.reencrypt(force=force, wait=wait, batch=batch, retire_grace=grace)
         else:
             with click.progressbar(length=1, label="re-wrapping", file=sys.stderr) as bar:
 
@@ -268,13 +285,30 @@ def reencrypt_command(
                     bar.length = max(total, 1)
                     bar.update(done - bar.pos)
 
-                state = rotation.reencrypt(force=force, wait=wait, batch=batch, progress=progress)
+                state = rotation.reencrypt(
+                    force=force, wait=wait, batch=batch, progress=progress, retire_grace=grace
+                )
     finally:
         store.close()
     click.echo(
         f"reencrypt finished: {state.done} DEKs checked, {state.rewrapped} re-wrapped"
         f" under {state.target}; old KEKs retired"
     )
+
+
+def parse_duration(text: str, flag: str) -> float:
+    """`24h`, `30m`, `90s`, `2d` or plain seconds → seconds."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    text = text.strip()
+    number, unit = (text[:-1], units[text[-1]]) if text[-1:] in units else (text, 1)
+    try:
+        seconds = float(number) * unit
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a duration such as 24h, 30m or 90s",
+                                 param_hint=flag) from None
+    if not seconds >= 0:
+        raise click.BadParameter(f"{text!r} is negative", param_hint=flag)
+    return seconds
 
 
 # -- backup -----------------------------------------------------------------------------------

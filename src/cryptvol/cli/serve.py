@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import signal
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +13,10 @@ from cryptvol.csi.server import CsiServer
 from cryptvol.engine.driver import Driver, DriverSettings
 from cryptvol.errors import CryptvolError
 from cryptvol.keys.config import KeysConfig
+from cryptvol.rpc.endpoint import claim_socket, socket_path
+from cryptvol.rpc.server import wait_for_stop_signal
 from cryptvol.system import logs
+from cryptvol.system.metrics import MetricsServer, new_registry, serve_metrics
 
 log = logging.getLogger("cryptvol.serve")
 
@@ -49,6 +50,8 @@ def _load_defaults(ctx: click.Context, _param: click.Parameter, value: Path | No
 @click.option("--log-level", envvar="CRYPTVOL_LOG_LEVEL", default="info",
               type=click.Choice(["debug", "info", "warning", "error"]))
 @click.option("--grace-seconds", envvar="CRYPTVOL_GRACE_SECONDS", type=float, default=30.0)
+@click.option("--metrics-address", envvar="CRYPTVOL_METRICS_ADDRESS", default="",
+              help="HOST:PORT to serve Prometheus /metrics on (default: off).")
 @click.option("--etcd-endpoints", envvar="CRYPTVOL_ETCD_ENDPOINTS", default="",
               help="Comma-separated etcd URLs; state then lives in etcd (default: SQLite).")
 @click.option("--root-key", envvar="CRYPTVOL_ROOT_KEY", type=click.Path(path_type=Path),
@@ -64,27 +67,28 @@ def serve_command(**options: Any) -> None:
     options = {k: v for k, v in options.items() if v is not None and v != ()}
     settings = ServeSettings.model_validate(options)
     logs.configure(settings.log_json, settings.log_level)
+    registry = new_registry()
+    metrics: MetricsServer | None = None
     try:
+        # What the flags name is checked before the driver starts its threads, so a refusal
+        # ends the process cleanly, with one line.
+        claim_socket(socket_path(settings.endpoint))
+        if settings.metrics_address:
+            metrics = serve_metrics(registry, settings.metrics_address)
         keys = KeysConfig(state_dir=settings.state_dir, etcd_endpoints=settings.etcd_endpoints,
                           root_key=settings.root_key, etcd_ca_file=settings.etcd_ca_file,
                           etcd_cert_file=settings.etcd_cert_file,
                           etcd_key_file=settings.etcd_key_file)
         driver = Driver(DriverSettings(node_id=settings.node_id, role=settings.role,
                                        state_dir=settings.state_dir,
-                                       pools=settings.pool_specs(), keys=keys))
-        server = CsiServer(driver, settings.endpoint)
+                                       pools=settings.pool_specs(), keys=keys), registry)
+        server = CsiServer(driver, settings.endpoint, registry=registry)
         server.start()
     except CryptvolError as exc:
         raise click.ClickException(str(exc)) from None
-    stopping = threading.Event()
-
-    def on_signal(signum: int, _frame: object) -> None:
-        log.info("draining", extra={"signal": signal.Signals(signum).name})
-        stopping.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    stopping.wait()
+    log.info("draining", extra={"signal": wait_for_stop_signal()})
     server.stop(settings.grace_seconds)
+    if metrics is not None:
+        metrics.stop()
     driver.close()
     log.info("stopped")

@@ -8,11 +8,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from prometheus_client import CollectorRegistry
+
 from cryptvol.engine.controller import ControllerEngine
 from cryptvol.engine.locks import OperationLocks
 from cryptvol.engine.node import NodeEngine
 from cryptvol.errors import CryptvolError, Unavailable
 from cryptvol.keys.config import KeysConfig, open_keys
+from cryptvol.keys.metrics import KeyMetrics
 from cryptvol.keys.replica import Replica
 from cryptvol.luks.budget import MemoryBudget
 from cryptvol.luks.probe import HostProbe, probe_host
@@ -34,7 +37,10 @@ class DriverSettings:
 
 
 class Driver:
-    def __init__(self, settings: DriverSettings) -> None:
+    def __init__(
+        self, settings: DriverSettings, registry: CollectorRegistry | None = None
+    ) -> None:
+        """`registry`: the process's Prometheus registry (a private one when not given)."""
         self.settings = settings
         settings.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         # Pools first: a mistyped pool stops the start before any store or thread exists.
@@ -44,7 +50,9 @@ class Driver:
         # starts anyway and answers Probe "not ready" until it has loaded. The embedded
         # store is local: a missing or corrupt KEK file there will not heal by waiting,
         # so it stops the start with the reason.
-        self.store, self.keys = open_keys(keys_config, lazy=bool(keys_config.etcd_endpoints))
+        self.store, self.keys = open_keys(
+            keys_config, lazy=bool(keys_config.etcd_endpoints), metrics=KeyMetrics(registry)
+        )
         self.replica: Replica | None = None
         if settings.role in ("all", "controller"):
             # Controllers wrap new DEKs, so they take part in KEK rotation agreement.

@@ -20,6 +20,7 @@ from cryptvol.store.sqlite import DB_FILE, SqliteStore
 if TYPE_CHECKING:  # imported where used: `keys status` needs neither cryptography nor them
     from cryptvol.keys.kek import KekProvider
     from cryptvol.keys.manager import KeyManager
+    from cryptvol.keys.metrics import KeyMetrics
 
 DEFAULT_STATE_DIR = Path("/var/lib/cryptvol/state")  # as `cryptvol serve`
 
@@ -76,14 +77,17 @@ def open_provider(config: KeysConfig) -> KekProvider:
     return LocalKekProvider(config.state_dir)
 
 
-def open_keys(config: KeysConfig, *, lazy: bool = False) -> tuple[Store, KeyManager]:
+def open_keys(
+    config: KeysConfig, *, lazy: bool = False, metrics: KeyMetrics | None = None
+) -> tuple[Store, KeyManager]:
     """Store and key manager. With `lazy` nothing raises for a missing key set or KEK: the
-    manager stays not ready, with the reason, until `reload()` works (replicas use this)."""
+    manager stays not ready, with the reason, until `reload()` works (replicas use this).
+    `metrics` puts the key manager's metrics on the process's registry."""
     from cryptvol.keys.manager import KeyManager
 
     store = open_store(config)
     try:
-        return store, KeyManager(store, open_provider(config), lazy=lazy)
+        return store, KeyManager(store, open_provider(config), lazy=lazy, metrics=metrics)
     except BaseException:
         store.close()
         raise

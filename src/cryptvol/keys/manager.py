@@ -24,10 +24,11 @@ from cryptvol.errors import (
     NotFound,
     Unavailable,
 )
-from cryptvol.keys import envelope, metrics
+from cryptvol.keys import envelope
 from cryptvol.keys.kek import Kek, KekProvider, new_kek_id
 from cryptvol.keys.kek_local import LocalKekProvider
 from cryptvol.keys.keyset import DEK_PREFIX, KEYSET_KEY, KekRecord, KeySetRecord, dek_key
+from cryptvol.keys.metrics import KeyMetrics
 from cryptvol.store.base import Compare, Delete, Put, Store
 from cryptvol.store.sqlite import DB_FILE, SqliteStore
 from cryptvol.system.secret import Secret
@@ -115,12 +116,21 @@ def load_key_set(store: Store, provider: KekProvider, *, create: bool = True) ->
 class KeyManager:
     """Creates, reads and deletes the DEK of each volume. Thread-safe."""
 
-    def __init__(self, store: Store, provider: KekProvider, *, lazy: bool = False) -> None:
+    def __init__(
+        self,
+        store: Store,
+        provider: KekProvider,
+        *,
+        lazy: bool = False,
+        metrics: KeyMetrics | None = None,
+    ) -> None:
         """Load the key set now. With `lazy`, a failure leaves the manager not ready (with the
         reason) instead of raising; `reload()` tries again. Without it, only an unreachable
-        store is tolerated: missing or corrupt KEK material raises FailedPrecondition."""
+        store is tolerated: missing or corrupt KEK material raises FailedPrecondition.
+        `metrics` records on the process's registry (a private one when not given)."""
         self.store = store
         self.provider = provider
+        self.metrics = metrics if metrics is not None else KeyMetrics()
         self._lock = threading.Lock()
         self._loaded: LoadedKeySet | None = None
         self._reason = "the key set has not been loaded yet"
@@ -152,7 +162,7 @@ class KeyManager:
                 raise
             self._loaded = loaded
             self._reason = ""
-            metrics.observe_key_set(loaded.record)
+            self.metrics.observe_key_set(loaded.record)
             return loaded
 
     @property
@@ -173,7 +183,8 @@ class KeyManager:
     def loaded_or_none(self) -> LoadedKeySet | None:
         return self._loaded
 
-    def _refresh_if_stale(self, seen: LoadedKeySet) -> LoadedKeySet:
+    def refresh_if_stale(self, seen: LoadedKeySet) -> LoadedKeySet:
+        """`seen`, or the key set loaded again if the store's record has changed since."""
         entry = self.store.get(KEYSET_KEY)
         if entry is not None and entry.revision != seen.revision:
             return self.reload()
@@ -193,13 +204,13 @@ class KeyManager:
             try:
                 blob = envelope.wrap(loaded.current, dek, volume_id)
             except Exception:
-                metrics.WRAP_ERRORS.inc()
+                self.metrics.wrap_errors.inc()
                 raise
             if self.store.txn(
                 [Compare(key, 0), Compare(KEYSET_KEY, loaded.revision)], [Put(key, blob)]
             ):
                 return dek
-            self._refresh_if_stale(loaded)
+            self.refresh_if_stale(loaded)
         raise Aborted(f"the data key of volume {volume_id} kept changing while creating it; retry")
 
     def get_dek(self, volume_id: str) -> Secret:
@@ -219,10 +230,10 @@ class KeyManager:
             kek_id = envelope.peek_kek_id(raw, what=f"volume {volume_id}")
             if kek_id not in loaded.keks:
                 # A rotation may have happened since this replica loaded its key set.
-                loaded = self._refresh_if_stale(loaded)
+                loaded = self.refresh_if_stale(loaded)
             return envelope.unwrap(raw, volume_id, loaded.find)
         except CryptvolError:
-            metrics.UNWRAP_ERRORS.inc()
+            self.metrics.unwrap_errors.inc()
             raise
 
 

@@ -18,18 +18,21 @@ import socket
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from cryptvol.errors import CryptvolError
-from cryptvol.keys import envelope, metrics
+from cryptvol.keys import envelope
 from cryptvol.keys.config import KeysConfig, open_keys
 from cryptvol.keys.keyset import DEK_PREFIX, KEYSET_KEY
 from cryptvol.keys.manager import KeyManager
+from cryptvol.keys.metrics import KeyMetrics
 from cryptvol.keys.replicas import NOT_READY, REPLICA_PREFIX, ReplicaReport
 from cryptvol.keys.status import read_cursor
+from cryptvol.system.metrics import new_registry
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +50,10 @@ class Replica:
         interval: float = DEFAULT_INTERVAL,
         ttl: float = DEFAULT_TTL,
         count_interval: float = 300.0,
+        tasks: Sequence[Callable[[], object]] = (),
     ) -> None:
+        """`tasks` run after each round's report (a KMS plugin flushes its KEK use there);
+        a task that fails is logged and does not stop the loop."""
         if not name or "/" in name:
             raise ValueError("a replica name is non-empty and has no '/'")
         self.manager = manager
@@ -56,7 +62,11 @@ class Replica:
         self.interval = interval
         self.ttl = ttl
         self.count_interval = count_interval
+        self.tasks = tuple(tasks)
         self._published = False
+        # When the last round that read the key-set record and published the report began
+        # (monotonic): until a lease later, no rotation can have gone ahead without us.
+        self._confirmed: float | None = None
         self._last_error = ""
         self._last_count = 0.0
         self._stop = threading.Event()
@@ -72,6 +82,22 @@ class Replica:
             return self.manager.not_ready_reason()
         if not self._published:
             return f"the key set is loaded but not yet reported: {self._last_error or 'starting'}"
+        return ""
+
+    def unconfirmed_reason(self) -> str:
+        """Why the loaded key set may be stale, or "" while it was confirmed against the store
+        within one report lease. A replica whose report lapsed is left out of rotation
+        agreement, so past that it must not wrap anything new."""
+        if self._confirmed is None:
+            return "the key set has not been confirmed against the store yet: " + (
+                self._last_error or self.manager.not_ready_reason() or "starting"
+            )
+        age = time.monotonic() - self._confirmed
+        if age >= self.ttl:
+            return (
+                f"the key set was last confirmed against the store {age:.0f}s ago, longer than"
+                f" the {self.ttl:g}s report lease: {self._last_error or 'no round finished'}"
+            )
         return ""
 
     def status(self) -> dict[str, Any]:
@@ -94,6 +120,8 @@ class Replica:
 
     def tick(self) -> None:
         """One round: catch up with the key-set record, then publish the report."""
+        started = time.monotonic()
+        checked = False
         try:
             if not self.manager.ready():
                 self.manager.reload()
@@ -101,19 +129,27 @@ class Replica:
                 entry = self.manager.store.get(KEYSET_KEY)
                 if entry is None or entry.revision != self.manager.loaded.revision:
                     self.manager.reload()
+            checked = True
             self._last_error = ""
         except CryptvolError as exc:
             self._last_error = str(exc)
         except Exception as exc:  # never let a surprise stop the replica
             self._last_error = f"unexpected {type(exc).__name__}: {exc}"
             log.exception("replica %s: loading the key set failed", self.name)
-        self._publish()
+        if self._publish() and checked:
+            self._confirmed = started
+        for task in self.tasks:
+            try:
+                task()
+            except Exception as exc:
+                log.warning("replica %s: a task failed: %s", self.name, type(exc).__name__)
         self._observe_reencrypt()
         if self.count_interval > 0 and time.monotonic() - self._last_count > self.count_interval:
             self._last_count = time.monotonic()
             self._count_deks()
 
-    def _publish(self) -> None:
+    def _publish(self) -> bool:
+        """Put this replica's report; True when it reported a loaded key set."""
         loaded = self.manager.loaded_or_none()
         report = ReplicaReport(
             name=self.name,
@@ -130,13 +166,14 @@ class Replica:
             self.manager.store.put_lease(REPLICA_PREFIX + self.name, report.to_bytes(), self.ttl)
         except CryptvolError as exc:
             self._last_error = f"cannot publish the replica report: {exc}"
-            return
+            return False
         except Exception as exc:
             self._last_error = f"cannot publish the replica report: {type(exc).__name__}"
             log.exception("replica %s: publishing failed", self.name)
-            return
+            return False
         if loaded is not None:
             self._published = True
+        return loaded is not None
 
     def _observe_reencrypt(self) -> None:
         try:
@@ -144,8 +181,7 @@ class Replica:
         except CryptvolError:
             return
         if state is not None:
-            metrics.REENCRYPT_DONE.set(state.done)
-            metrics.REENCRYPT_TOTAL.set(state.total)
+            self.manager.metrics.observe_reencrypt(state.done, state.total)
 
     def _count_deks(self) -> None:
         counts: Counter[str] = Counter()
@@ -160,9 +196,9 @@ class Replica:
                 after = entries[-1].key
         except CryptvolError:
             return
-        metrics.DEKS_PER_KEK.clear()
+        self.manager.metrics.deks_per_kek.clear()
         for kek_id, n in counts.items():
-            metrics.DEKS_PER_KEK.labels(kek=kek_id).set(n)
+            self.manager.metrics.deks_per_kek.labels(kek=kek_id).set(n)
 
     def start(self) -> Replica:
         self._thread = threading.Thread(target=self._run, name=f"replica-{self.name}", daemon=True)
@@ -172,7 +208,7 @@ class Replica:
     def _run(self) -> None:
         while not self._stop.is_set():
             self.tick()
-            metrics.READY.set(1 if self.ready() else 0)
+            self.manager.metrics.ready.set(1 if self.ready() else 0)
             self._stop.wait(self.interval)
 
     def stop(self) -> None:
@@ -198,7 +234,7 @@ class _Handler(BaseHTTPRequestHandler):
         elif self.path == "/status":
             self._send(200, "application/json", json.dumps(r.status()).encode())
         elif self.path == "/metrics":
-            self._send(200, CONTENT_TYPE_LATEST, generate_latest())
+            self._send(200, CONTENT_TYPE_LATEST, generate_latest(r.manager.metrics.registry))
         else:
             self._send(404, "text/plain", b"not found\n")
 
@@ -229,7 +265,7 @@ def run_replica(
     ttl: float = DEFAULT_TTL,
 ) -> int:
     """The key-manager process: runs until SIGTERM or SIGINT, then exits 0."""
-    store, manager = open_keys(config, lazy=True)
+    store, manager = open_keys(config, lazy=True, metrics=KeyMetrics(new_registry()))
     replica = Replica(manager, name, interval=interval, ttl=ttl)
     server = serve_health(replica, *health) if health else None
     done = threading.Event()

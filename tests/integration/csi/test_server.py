@@ -50,7 +50,7 @@ def test_a_live_socket_is_not_taken_over(driver):
         timeout=60,
     )
     assert other.returncode != 0
-    assert "another driver is serving" in other.stderr
+    assert "another server is serving" in other.stderr
     driver.client.wait_ready(5)
 
 
@@ -121,3 +121,16 @@ def test_a_missing_or_corrupt_kek_file_stops_the_start_and_no_new_key_is_made(tm
         assert not kek.exists()
     else:
         assert kek.read_text() == "{not json"
+
+
+def test_an_endpoint_naming_a_regular_file_is_refused_and_the_file_kept(tmp_path):
+    victim = tmp_path / "notes.txt"
+    victim.write_text("precious")
+    result = subprocess.run(
+        [sys.executable, "-m", "cryptvol", "serve", "--endpoint", f"unix://{victim}",
+         "--state-dir", str(tmp_path / "state"), "--pool-dir", str(tmp_path / "pool")],
+        capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert "is a regular file, not a unix socket" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert victim.read_text() == "precious"

@@ -3,8 +3,9 @@ import pytest
 
 from cryptvol import errors
 from cryptvol.csi.gen import csi_pb2 as pb
-from cryptvol.csi.interceptor import REDACTED, redacted
-from cryptvol.csi.status import code_for, message_for
+from cryptvol.csi.server import SECRET_FIELDS
+from cryptvol.rpc.interceptor import REDACTED, redacted
+from cryptvol.rpc.status import code_for, message_for
 
 
 @pytest.mark.parametrize(
@@ -34,7 +35,7 @@ def test_an_unexpected_exception_shows_only_its_type():
 
 def test_request_secrets_are_redacted_for_logging_and_the_request_is_untouched():
     request = pb.NodeStageVolumeRequest(volume_id="v", secrets={"passphrase": "hunter2"})
-    shown = redacted(request)
+    shown = redacted(request, SECRET_FIELDS)
     assert shown.secrets["passphrase"] == REDACTED
     assert "hunter2" not in str(shown)
     assert request.secrets["passphrase"] == "hunter2"
@@ -42,4 +43,4 @@ def test_request_secrets_are_redacted_for_logging_and_the_request_is_untouched()
 
 def test_a_request_without_secrets_is_logged_as_is():
     request = pb.DeleteVolumeRequest(volume_id="v")
-    assert redacted(request) == request
+    assert redacted(request, SECRET_FIELDS) == request
