@@ -29,6 +29,9 @@ for tool in mmdebstrap umoci; do
     command -v "$tool" >/dev/null || { echo "build.sh: $tool is missing (scripts/image-apt-packages.txt)" >&2; exit 1; }
 done
 mkdir -p "$cache"
+# One build at a time per cache (a test session and a benchmark may share it).
+exec 9>"$cache/.lock"
+flock 9
 work=$(mktemp -d "$cache/work.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 
