@@ -246,23 +246,28 @@ def test_key_files_come_from_read_only_secrets_of_mode_0400(rendered):
 
 
 @pytest.fixture(scope="module")
-def advertised(tmp_path_factory):
-    """What the real driver (`cryptvol serve --role all`) advertises over gRPC."""
-    driver = RunningDriver(tmp_path_factory.mktemp("driver"))
-    csi = driver.start()
-    try:
-        yield {
-            "info": csi.identity.GetPluginInfo(pb.GetPluginInfoRequest()),
-            "plugin": csi.identity.GetPluginCapabilities(pb.GetPluginCapabilitiesRequest()),
-            "controller": {c.rpc.type for c in csi.controller.ControllerGetCapabilities(
-                pb.ControllerGetCapabilitiesRequest()).capabilities},
-            "node": {c.rpc.type for c in csi.node.NodeGetCapabilities(
-                pb.NodeGetCapabilitiesRequest()).capabilities},
-            "node_info": csi.node.NodeGetInfo(pb.NodeGetInfoRequest()),
-            "node_id": driver.node_id,
-        }
-    finally:
-        driver.stop()
+def driver(tmp_path_factory):
+    """The real driver, `cryptvol serve --role all`, as in the DaemonSet."""
+    running = RunningDriver(tmp_path_factory.mktemp("driver"))
+    running.start()
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def advertised(driver):
+    """What the driver advertises over gRPC."""
+    csi = driver.client
+    return {
+        "info": csi.identity.GetPluginInfo(pb.GetPluginInfoRequest()),
+        "plugin": csi.identity.GetPluginCapabilities(pb.GetPluginCapabilitiesRequest()),
+        "controller": {c.rpc.type for c in csi.controller.ControllerGetCapabilities(
+            pb.ControllerGetCapabilitiesRequest()).capabilities},
+        "node": {c.rpc.type for c in csi.node.NodeGetCapabilities(
+            pb.NodeGetCapabilitiesRequest()).capabilities},
+        "node_info": csi.node.NodeGetInfo(pb.NodeGetInfoRequest()),
+        "node_id": driver.node_id,
+    }
 
 
 Ctl = pb.ControllerServiceCapability.RPC
@@ -406,6 +411,20 @@ def test_storageclass_parameters_pass_the_drivers_validation_and_name_a_pool(ren
                     for key in unknown:
                         params.pop(key)
     gaps_match_pending("parameter: ", gaps)
+
+
+def test_get_capacity_answers_each_class_as_the_provisioner_asks(rendered, driver):
+    """external-provisioner's capacity controller (v6.3.0 pkg/capacity) sends the class's
+    parameters verbatim, secret references included, no capabilities, and its node's
+    topology segment. (Parameters still PENDING are left out until the driver knows them.)"""
+    for _, sc in objects(rendered, "StorageClass"):
+        params = {k: v for k, v in sc["parameters"].items()
+                  if f"parameter: {k}" not in PENDING}
+        answer = driver.client.controller.GetCapacity(pb.GetCapacityRequest(
+            parameters=params,
+            accessible_topology=pb.Topology(segments={f"{DRIVER_NAME}/node": driver.node_id}),
+        ))
+        assert answer.available_capacity > 0, sc["metadata"]["name"]
 
 
 def test_the_volumesnapshotclass_names_the_driver(rendered):
