@@ -28,7 +28,6 @@ from cryptvol import DRIVER_NAME, __version__
 from cryptvol.csi.gen import csi_pb2 as pb
 from cryptvol.engine.parameters import parse_parameters
 from cryptvol.errors import InvalidArgument
-from support.driver import RunningDriver
 from support.manifests import KUSTOMIZATIONS, Object
 
 PENDING = {
@@ -246,18 +245,9 @@ def test_key_files_come_from_read_only_secrets_of_mode_0400(rendered):
 
 
 @pytest.fixture(scope="module")
-def driver(tmp_path_factory):
-    """The real driver, `cryptvol serve --role all`, as in the DaemonSet."""
-    running = RunningDriver(tmp_path_factory.mktemp("driver"))
-    running.start()
-    yield running
-    running.stop()
-
-
-@pytest.fixture(scope="module")
-def advertised(driver):
-    """What the driver advertises over gRPC."""
-    csi = driver.client
+def advertised(shared_driver):
+    """What the real driver (`cryptvol serve --role all`, as in the DaemonSet) advertises."""
+    csi = shared_driver.client
     return {
         "info": csi.identity.GetPluginInfo(pb.GetPluginInfoRequest()),
         "plugin": csi.identity.GetPluginCapabilities(pb.GetPluginCapabilitiesRequest()),
@@ -266,7 +256,7 @@ def advertised(driver):
         "node": {c.rpc.type for c in csi.node.NodeGetCapabilities(
             pb.NodeGetCapabilitiesRequest()).capabilities},
         "node_info": csi.node.NodeGetInfo(pb.NodeGetInfoRequest()),
-        "node_id": driver.node_id,
+        "node_id": shared_driver.node_id,
     }
 
 
@@ -413,16 +403,16 @@ def test_storageclass_parameters_pass_the_drivers_validation_and_name_a_pool(ren
     gaps_match_pending("parameter: ", gaps)
 
 
-def test_get_capacity_answers_each_class_as_the_provisioner_asks(rendered, driver):
+def test_get_capacity_answers_each_class_as_the_provisioner_asks(rendered, shared_driver):
     """external-provisioner's capacity controller (v6.3.0 pkg/capacity) sends the class's
     parameters verbatim, secret references included, no capabilities, and its node's
     topology segment. (Parameters still PENDING are left out until the driver knows them.)"""
     for _, sc in objects(rendered, "StorageClass"):
         params = {k: v for k, v in sc["parameters"].items()
                   if f"parameter: {k}" not in PENDING}
-        answer = driver.client.controller.GetCapacity(pb.GetCapacityRequest(
-            parameters=params,
-            accessible_topology=pb.Topology(segments={f"{DRIVER_NAME}/node": driver.node_id}),
+        segment = {f"{DRIVER_NAME}/node": shared_driver.node_id}
+        answer = shared_driver.client.controller.GetCapacity(pb.GetCapacityRequest(
+            parameters=params, accessible_topology=pb.Topology(segments=segment),
         ))
         assert answer.available_capacity > 0, sc["metadata"]["name"]
 
