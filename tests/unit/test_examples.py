@@ -1,8 +1,8 @@
-"""The deployment examples in docs/ are valid for the driver they document.
+"""The passphrase StorageClass the manifests install names the example Secret, and the KMS
+overlay's EncryptionConfiguration and static pod name the plugin's real socket and flags.
 
-There is no API server here: the manifests are checked by parsing them and feeding the
-StorageClass parameters through the driver's own validation, which is the part cryptvol
-owns; the Kubernetes schema itself is checked by field names only.
+The manifests are read as YAML here; their Kubernetes schemas and every StorageClass's
+parameters (through the driver's own validation) are checked in tests/integration/deploy.
 """
 
 from pathlib import Path
@@ -10,9 +10,10 @@ from pathlib import Path
 import yaml
 
 from cryptvol import DRIVER_NAME
-from cryptvol.engine.parameters import parse_parameters
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "docs" / "examples" / "passphrase-storageclass.yaml"
+ROOT = Path(__file__).resolve().parents[2]
+STORAGECLASSES = ROOT / "deploy" / "kubernetes" / "base" / "storageclasses.yaml"
+SECRET = ROOT / "docs" / "examples" / "passphrase-secret.yaml"
 SECRET_REFS = [
     f"csi.storage.k8s.io/{stage}-secret-{part}"
     for stage in ("provisioner", "node-stage", "node-expand")
@@ -20,19 +21,22 @@ SECRET_REFS = [
 ]
 
 
-def _documents():
-    return {doc["kind"]: doc for doc in yaml.safe_load_all(EXAMPLE.read_text())}
+def _passphrase_class():
+    classes = {d["metadata"]["name"]: d for d in yaml.safe_load_all(STORAGECLASSES.read_text())}
+    return classes["cryptvol-passphrase"]
 
 
-def test_the_passphrase_storageclass_names_every_secret_and_allows_expansion():
-    docs = _documents()
-    sc = docs["StorageClass"]
+def _secret():
+    return next(d for d in yaml.safe_load_all(SECRET.read_text()) if d["kind"] == "Secret")
+
+
+def test_the_passphrase_storageclass_names_the_example_secret_and_allows_expansion():
+    sc, secret = _passphrase_class(), _secret()
     assert sc["provisioner"] == DRIVER_NAME
     assert sc["allowVolumeExpansion"] is True
     params = sc["parameters"]
     for key in SECRET_REFS:
         assert key in params, key
-    secret = docs["Secret"]
     assert {params[k] for k in SECRET_REFS if k.endswith("name")} == {secret["metadata"]["name"]}
     assert {params[k] for k in SECRET_REFS if k.endswith("namespace")} == {
         secret["metadata"]["namespace"]
@@ -40,16 +44,9 @@ def test_the_passphrase_storageclass_names_every_secret_and_allows_expansion():
     assert params["secretKey"] in secret["stringData"]
 
 
-def test_the_storageclass_parameters_pass_the_drivers_validation():
-    params = _documents()["StorageClass"]["parameters"]
-    # The external-provisioner strips the secret references before CreateVolume.
-    parsed = parse_parameters({k: str(v) for k, v in params.items() if k not in SECRET_REFS})
-    assert parsed.key_source == "secret"
-    assert parsed.luks.pbkdf == "argon2id"
 
-
-KMS_CONFIG = EXAMPLE.parent / "kms-encryption-config.yaml"
-KMS_POD = EXAMPLE.parent / "kms-static-pod.yaml"
+KMS_CONFIG = ROOT / "deploy" / "kubernetes" / "overlays" / "kms" / "encryption-configuration.yaml"
+KMS_POD = ROOT / "deploy" / "kubernetes" / "overlays" / "kms" / "kms-plugin.yaml"
 
 
 def test_the_encryption_configuration_uses_the_kms_v2_plugin_for_secrets():
@@ -78,10 +75,11 @@ def test_the_static_pod_runs_the_plugin_on_the_configured_socket_with_real_flags
 
     pod = yaml.safe_load(KMS_POD.read_text())
     (container,) = pod["spec"]["containers"]
-    command = container["command"]
-    assert command[:3] == ["cryptvol", "kms", "serve"]
+    # The image's entrypoint is the cryptvol command (deploy/image/build.sh): args follow it.
+    command = container["args"]
+    assert command[:2] == ["kms", "serve"]
     known = {opt for p in serve_command.params for opt in (*p.opts, *p.secondary_opts)}
-    flags = dict(arg.split("=", 1) if "=" in arg else (arg, "") for arg in command[3:])
+    flags = dict(arg.split("=", 1) if "=" in arg else (arg, "") for arg in command[2:])
     assert set(flags) <= known, set(flags) - known
     endpoint = yaml.safe_load(KMS_CONFIG.read_text())["resources"][0]["providers"][0]["kms"][
         "endpoint"

@@ -251,7 +251,12 @@ class ControllerEngine:
 
     def capacity(self, capabilities: Sequence[Capability], parameters: Mapping[str, str],
                  topology: Mapping[str, str] | None) -> int:
-        pool = self.pools.get(parse_parameters(parameters).pool if parameters else "")
+        name = parse_parameters(parameters).pool if parameters else ""
+        if name and name not in self.pools.names:
+            # Pools are node-local and nodes may differ: a class whose pool this node lacks
+            # has no room here, which the scheduler must learn rather than an error.
+            return 0
+        pool = self.pools.get(name)
         if capabilities:
             try:
                 check_capabilities(capabilities)

@@ -339,16 +339,6 @@ CASES = [
 
 
 @pytest.fixture(scope="module")
-def shared_driver(tmp_path_factory):
-    from support.driver import RunningDriver
-
-    running = RunningDriver(tmp_path_factory.mktemp("driver"))
-    running.start()
-    yield running
-    running.stop()
-
-
-@pytest.fixture(scope="module")
 def existing_volume(shared_driver):
     return shared_driver.client.controller.CreateVolume(
         pb.CreateVolumeRequest(
