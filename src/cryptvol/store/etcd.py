@@ -14,7 +14,10 @@ keeps quorum stays usable while one member restarts. A store with no reachable m
 from __future__ import annotations
 
 import base64
+import json
 import math
+import socket
+import ssl
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -131,10 +134,10 @@ class EtcdStore:
                 result: dict[str, Any] = client.post(client.get_url(path), json=body)
             except (ConnectionFailedError, ConnectionTimeoutError, InternalServerError) as exc:
                 # 500 from the gateway is how a member without quorum or leader answers.
-                failures.append(f"{client.host}:{client.port}: {_short(exc)}")
+                failures.append(f"{client.host}:{client.port}: {_why(exc)}")
                 continue
             except Etcd3Exception as exc:
-                raise Internal(f"etcd refused {path}: {_short(exc)}") from None
+                raise Internal(f"etcd refused {path}: {_why(exc)}") from None
             except ValueError:  # an answer that is not JSON: not an etcd gateway
                 raise Internal(f"{client.host}:{client.port} did not answer as etcd") from None
             self._preferred = idx
@@ -234,6 +237,42 @@ def _entry(kv: dict[str, Any]) -> Entry:
     )
 
 
-def _short(exc: Etcd3Exception) -> str:
-    detail = (exc.detail_text or "").strip().replace("\n", " ")
-    return (detail or str(exc) or type(exc).__name__)[:300]
+def _why(exc: Etcd3Exception) -> str:
+    """Why a request failed, in a few words ("connection refused", "timed out", "etcdserver:
+    no leader"): the root cause that requests and urllib3 wrap several times over, or the
+    error etcd answered with."""
+    for cause in reversed(_causes(exc)):
+        if isinstance(cause, ssl.SSLEOFError):
+            return "TLS handshake cut off by the member (does it want a client certificate?)"
+        if isinstance(cause, ssl.SSLError):
+            detail = getattr(cause, "verify_message", None) or cause.reason or "handshake failed"
+            return f"TLS: {str(detail).lower()}"
+        if isinstance(cause, (TimeoutError, ConnectionTimeoutError)):
+            return "timed out"
+        if isinstance(cause, socket.gaierror):
+            return "cannot resolve the host name"
+        if isinstance(cause, OSError) and cause.strerror:
+            return cause.strerror[:1].lower() + cause.strerror[1:]
+    text = (exc.detail_text or "").strip()
+    try:
+        answer = json.loads(text)
+        text = str(answer.get("error") or answer.get("message") or text)
+    except (ValueError, AttributeError):
+        pass
+    text = text or (str(exc.args[0]) if exc.args else "") or type(exc).__name__
+    return text.splitlines()[0][:120]
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    """`exc` and what it wraps (causes, contexts, urllib3's `reason`), outermost first."""
+    chain: list[BaseException] = []
+    todo: list[BaseException] = [exc]
+    while todo:
+        e = todo.pop(0)
+        if any(e is seen for seen in chain):
+            continue
+        chain.append(e)
+        reason = getattr(e, "reason", None)
+        wrapped = [e.__cause__, e.__context__, reason, *e.args]
+        todo.extend(w for w in wrapped if isinstance(w, BaseException))
+    return chain
