@@ -326,8 +326,16 @@ def export_command(config: KeysConfig, out: Path, passphrase_file: Path | None) 
     type=click.Path(path_type=Path, dir_okay=False, exists=True),
     help="Read the passphrase from this file (else a prompt asks).",
 )
+@click.option(
+    "--reseal",
+    is_flag=True,
+    help="Seal the key set by this --root-key although it is sealed by another one"
+    " (a lost root key replaced by a new one; every replica must then mount the new one).",
+)
 @store_options
-def import_command(config: KeysConfig, backup: Path, passphrase_file: Path | None) -> None:
+def import_command(
+    config: KeysConfig, backup: Path, passphrase_file: Path | None, reseal: bool
+) -> None:
     """Restore KEKs from a backup into the configured provider and the key-set record."""
     from cryptvol.keys.backup import import_keys
     from cryptvol.keys.config import open_provider, open_store
@@ -335,7 +343,9 @@ def import_command(config: KeysConfig, backup: Path, passphrase_file: Path | Non
     passphrase = _passphrase(passphrase_file, confirm=False)
     store = open_store(config)
     try:
-        ids = import_keys(store, open_provider(config), backup.read_bytes(), passphrase)
+        ids = import_keys(
+            store, open_provider(config), backup.read_bytes(), passphrase, reseal=reseal
+        )
     finally:
         store.close()
     click.echo(f"restored KEK(s) {', '.join(ids)}")

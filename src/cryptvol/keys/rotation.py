@@ -37,7 +37,7 @@ from cryptvol.keys.keyset import (
     KeySetRecord,
     Retired,
 )
-from cryptvol.keys.manager import LoadedKeySet, load_key_set
+from cryptvol.keys.manager import LoadedKeySet, check_sealer, load_key_set
 from cryptvol.keys.replicas import await_agreement
 from cryptvol.keys.status import (
     ALLOWED_NEXT,
@@ -114,6 +114,7 @@ class Rotation:
     def prepare(self, *, force: bool = False, wait: float = DEFAULT_WAIT) -> KekRecord:
         record, revision = self.read()
         self._check_stage(record, "prepare", force)
+        sealer = check_sealer(record, self.provider)
         self.forget_retired()
         if record.by_role("prepared"):
             raise FailedPrecondition(
@@ -122,8 +123,9 @@ class Rotation:
         self._agree(record, force, wait)
         kek, ref = self.provider.create(new_kek_id())
         added = KekRecord(kek.id, kek.created, kek.fingerprint, ref, "prepared")
+        moved = record.moved("prepare", (*record.keks, added), time.time(), sealed_by=sealer)
         try:
-            self._swap(revision, record.moved("prepare", (*record.keks, added), time.time()))
+            self._swap(revision, moved)
         except Aborted:
             self.provider.discard(kek.id)
             raise
