@@ -1,11 +1,17 @@
 """A key-manager replica: loads the key set, follows rotations, reports under a lease.
 
 `Replica` is the loop every replica runs (the key-manager process here; `cryptvol serve
---role controller` runs one too). It never crashes on a store that is down or a key set it
-cannot load: it stays not ready, says why, and tries again. It is ready only once the key set
-is loaded and its report published. The process (`cryptvol keys serve-replica`, or
-`python -m cryptvol.cli.keys serve-replica`) adds a small HTTP server on loopback: /healthz (alive),
-/readyz (200 when ready, 503 and the reason when not), /status (JSON) and /metrics.
+--role controller` runs one too, and a node-only driver runs one that follows the key set
+without reporting). It never crashes on a store that is down or a key set it cannot load: it
+stays not ready, says why, and tries again. It is ready only once the key set is loaded, its
+report published, and while the store keeps answering: a round that cannot reach the store,
+or no answer for a lease's time-to-live, makes it not ready until the store is back. Readiness
+is read from what the last rounds saw, so asking costs no store round trip. A replica that
+stops ends its report's lease, leaving the agreement at once.
+
+The process (`cryptvol keys serve-replica`, or `python -m cryptvol.cli.keys serve-replica`)
+adds a small HTTP server on loopback: /healthz (alive), /readyz (200 when ready, 503 and the
+reason when not), /status (JSON) and /metrics.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from cryptvol.errors import CryptvolError
+from cryptvol.errors import CryptvolError, Unavailable
 from cryptvol.keys import envelope, metrics
 from cryptvol.keys.config import KeysConfig, open_keys
 from cryptvol.keys.keyset import DEK_PREFIX, KEYSET_KEY
@@ -47,7 +53,10 @@ class Replica:
         interval: float = DEFAULT_INTERVAL,
         ttl: float = DEFAULT_TTL,
         count_interval: float = 300.0,
+        report: bool = True,
     ) -> None:
+        """Without `report` it follows the key set and watches the store, but publishes
+        nothing, so it takes no part in the rotation agreement (a node-only driver)."""
         if not name or "/" in name:
             raise ValueError("a replica name is non-empty and has no '/'")
         self.manager = manager
@@ -56,7 +65,10 @@ class Replica:
         self.interval = interval
         self.ttl = ttl
         self.count_interval = count_interval
+        self.report = report
         self._published = False
+        self._answered = float("-inf")  # monotonic time of the last round the store answered
+        self._store_error = "the state store has not been reached yet"
         self._last_error = ""
         self._last_count = 0.0
         self._stop = threading.Event()
@@ -65,14 +77,27 @@ class Replica:
     # -- state --------------------------------------------------------------------------------
 
     def ready(self) -> bool:
-        return self.manager.ready() and self._published
+        return (
+            self.manager.ready()
+            and (self._published or not self.report)
+            and self._store_answers()
+        )
 
     def not_ready_reason(self) -> str:
         if not self.manager.ready():
             return self.manager.not_ready_reason()
-        if not self._published:
+        if self.report and not self._published:
             return f"the key set is loaded but not yet reported: {self._last_error or 'starting'}"
+        if self._store_error:
+            return f"the state store does not answer: {self._store_error}"
+        if not self._store_answers():
+            silent = time.monotonic() - self._answered
+            return f"the state store has not answered for {silent:.0f}s"
         return ""
+
+    def _store_answers(self) -> bool:
+        # The age bound covers a round stuck in timeouts, which has not failed yet.
+        return not self._store_error and time.monotonic() - self._answered < self.ttl
 
     def status(self) -> dict[str, Any]:
         loaded = self.manager.loaded_or_none()
@@ -94,6 +119,7 @@ class Replica:
 
     def tick(self) -> None:
         """One round: catch up with the key-set record, then publish the report."""
+        unreachable = ""
         try:
             if not self.manager.ready():
                 self.manager.reload()
@@ -102,18 +128,35 @@ class Replica:
                 if entry is None or entry.revision != self.manager.loaded.revision:
                     self.manager.reload()
             self._last_error = ""
+        except Unavailable as exc:
+            self._last_error = unreachable = str(exc)
         except CryptvolError as exc:
             self._last_error = str(exc)
         except Exception as exc:  # never let a surprise stop the replica
             self._last_error = f"unexpected {type(exc).__name__}: {exc}"
             log.exception("replica %s: loading the key set failed", self.name)
-        self._publish()
+        if self.report and not self._publish():
+            unreachable = unreachable or self._last_error
+        self._observe_store(unreachable)
         self._observe_reencrypt()
         if self.count_interval > 0 and time.monotonic() - self._last_count > self.count_interval:
             self._last_count = time.monotonic()
             self._count_deks()
 
-    def _publish(self) -> None:
+    def _observe_store(self, unreachable: str) -> None:
+        if unreachable:
+            if not self._store_error and self._answered > float("-inf"):
+                log.warning("replica %s: the state store does not answer: %s", self.name,
+                            unreachable)
+            self._store_error = unreachable
+            return
+        if self._store_error and self._answered > float("-inf"):
+            log.info("replica %s: the state store answers again", self.name)
+        self._store_error = ""
+        self._answered = time.monotonic()
+
+    def _publish(self) -> bool:
+        """Publish (or renew) the report under its lease; whether the store took it."""
         loaded = self.manager.loaded_or_none()
         report = ReplicaReport(
             name=self.name,
@@ -130,13 +173,14 @@ class Replica:
             self.manager.store.put_lease(REPLICA_PREFIX + self.name, report.to_bytes(), self.ttl)
         except CryptvolError as exc:
             self._last_error = f"cannot publish the replica report: {exc}"
-            return
+            return False
         except Exception as exc:
             self._last_error = f"cannot publish the replica report: {type(exc).__name__}"
             log.exception("replica %s: publishing failed", self.name)
-            return
+            return False
         if loaded is not None:
             self._published = True
+        return True
 
     def _observe_reencrypt(self) -> None:
         try:
@@ -176,9 +220,17 @@ class Replica:
             self._stop.wait(self.interval)
 
     def stop(self) -> None:
+        """Stop the loop and end the report's lease, so the replica leaves the agreement now
+        rather than when its lease would lapse."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
+        if self.report:
+            try:
+                self.manager.store.end_lease(REPLICA_PREFIX + self.name)
+            except CryptvolError as exc:
+                log.warning("replica %s: report not withdrawn (%s); it lapses with its lease",
+                            self.name, exc)
 
 
 class _Handler(BaseHTTPRequestHandler):

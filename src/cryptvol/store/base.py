@@ -7,7 +7,7 @@ can never interleave: one wins, the other sees its compare fail and retries or g
 
 Revisions: every key carries the store revision of its last write; 0 means "absent".
 Keys put with `put_lease` live only as long as their time-to-live, unless put again: that is
-how replicas say they are alive.
+how replicas say they are alive; `end_lease` takes one away at once (a replica that stops).
 """
 
 from __future__ import annotations
@@ -66,6 +66,11 @@ class Store(Protocol):
 
     def put_lease(self, key: str, value: bytes, ttl: float) -> None:
         """Put `value` at `key`; it disappears `ttl` seconds later unless put again."""
+        ...
+
+    def end_lease(self, key: str) -> None:
+        """End the lease of a key put with `put_lease` now: the key is gone, as if its
+        time-to-live had run out (idempotent)."""
         ...
 
     def close(self) -> None: ...

@@ -94,6 +94,8 @@ class EtcdStore:
         self.concurrent_writers = 4
         self._local = threading.local()
         self._preferred = 0  # index of the last member that answered; tried first next time
+        self._leases: dict[str, tuple[int, int]] = {}  # key → (lease id, ttl) put_lease holds
+        self._leases_lock = threading.Lock()
 
     def describe(self) -> str:
         return "etcd " + ",".join(f"{s}://{h}:{p}" for s, h, p in self.endpoints)
@@ -213,9 +215,31 @@ class EtcdStore:
     def put_lease(self, key: str, value: bytes, ttl: float) -> None:
         if ttl <= 0:
             raise InvalidArgument("a lease needs a positive time-to-live")
-        # A fresh lease each time: the previous one then holds no key and lapses on its own.
-        lease = self._call("/lease/grant", {"TTL": max(1, math.ceil(ttl)), "ID": 0})
-        self._call("/kv/put", {"key": _b64(key), "value": _b64(value), "lease": str(lease["ID"])})
+        seconds = max(1, math.ceil(ttl))
+        with self._leases_lock:
+            held = self._leases.get(key)
+        lease = 0
+        if held is not None and held[1] == seconds:
+            # One lease per key, kept alive: so a stopping replica has one lease to revoke.
+            answer = self._call("/lease/keepalive", {"ID": str(held[0])})
+            if int(answer.get("result", {}).get("TTL", 0)) > 0:  # no TTL: it had lapsed
+                lease = held[0]
+        if not lease:
+            lease = int(self._call("/lease/grant", {"TTL": seconds, "ID": 0})["ID"])
+        self._call("/kv/put", {"key": _b64(key), "value": _b64(value), "lease": str(lease)})
+        with self._leases_lock:
+            self._leases[key] = (lease, seconds)
+
+    def end_lease(self, key: str) -> None:
+        with self._leases_lock:
+            held = self._leases.pop(key, None)
+        if held is not None:
+            try:
+                self._call("/lease/revoke", {"ID": str(held[0])})  # its key goes with it
+                return
+            except Internal:
+                pass  # the lease had lapsed already (etcd: "requested lease not found")
+        self._call("/kv/deleterange", {"key": _b64(key)})
 
     def close(self) -> None:
         for client in getattr(self._local, "clients", None) or []:

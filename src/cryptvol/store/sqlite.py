@@ -173,6 +173,9 @@ class SqliteStore:
             raise ValueError("a lease needs a positive time-to-live")
         self._write((), (Put(key, value),), ttl=ttl)
 
+    def end_lease(self, key: str) -> None:
+        self._write((), (Delete(key),), ttl=None)
+
     def _write(
         self, compares: Sequence[Compare], ops: Sequence[Put | Delete], *, ttl: float | None
     ) -> bool:

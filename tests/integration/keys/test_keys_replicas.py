@@ -198,3 +198,53 @@ def test_a_transition_is_refused_while_a_replica_disagrees_and_names_it(
         assert status(ep, root_key)["stage"] == "rotate"
     finally:
         cluster.stop()
+
+
+def test_replicas_are_not_ready_within_their_ttl_of_losing_etcd_and_ready_once_it_is_back(
+    tmp_path: Path, replicas: list[ReplicaProc]
+) -> None:
+    cluster = EtcdCluster(tmp_path / "etcd", size=2).start()
+    root_key = tmp_path / "root.key"
+    make_root_key(root_key)
+    ttl = 5.0
+    try:
+        replicas += [
+            ReplicaProc(n, cluster.endpoints, root_key, tmp_path, ttl=ttl).start()
+            for n in ("km-a", "km-b")
+        ]
+        for r in replicas:
+            r.wait_ready()
+        cluster.stop()
+        lost = time.monotonic()
+        for r in replicas:
+            while r.ready():
+                assert time.monotonic() - lost < ttl, f"{r.name} still ready after {ttl}s"
+                time.sleep(0.1)
+            code, body = r.get("/readyz")
+            assert code == 503 and "etcd cannot be reached" in body, body
+            assert r.alive() and r.get("/healthz")[0] == 200
+        cluster.start()
+        for r in replicas:
+            r.wait_ready(timeout=30)
+    finally:
+        cluster.stop()
+
+
+def test_a_replica_stopped_with_sigterm_leaves_the_agreement_at_once(
+    tmp_path: Path, replicas: list[ReplicaProc]
+) -> None:
+    cluster = EtcdCluster(tmp_path / "etcd", size=1).start()
+    try:
+        root_key = tmp_path / "root.key"
+        make_root_key(root_key)
+        ep = cluster.endpoints
+        replicas += [
+            ReplicaProc(n, ep, root_key, tmp_path, ttl=60).start() for n in ("km-a", "km-b")
+        ]
+        for r in replicas:
+            r.wait_ready()
+        wait_agreement(ep, root_key, {"km-a", "km-b"})
+        replicas[1].stop()  # SIGTERM, and it exits 0
+        assert {r["name"] for r in status(ep, root_key)["replicas"]} == {"km-a"}
+    finally:
+        cluster.stop()
