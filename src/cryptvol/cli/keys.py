@@ -185,11 +185,13 @@ def render_status(doc: dict[str, Any]) -> str:
     if re:
         pct = 100.0 * re["done"] / re["total"] if re["total"] else 100.0
         eta = "" if re["eta_seconds"] is None else f", ETA {_age(re['eta_seconds'])}"
-        state = "finished" if re["finished"] else "in progress"
-        lines.append(
-            f"reencrypt:    {state}: {re['done']}/{re['total']} ({pct:.1f}%),"
-            f" {re['rewrapped']} re-wrapped, {re['rate_per_second']}/s{eta}"
-        )
+        if re["finished"]:  # counted in the store when it finished
+            lines.append(f"reencrypt:    finished: {re['done']} DEKs under {re['target']}")
+        else:
+            lines.append(
+                f"reencrypt:    in progress: {re['done']}/{re['total']} ({pct:.1f}%),"
+                f" {re['rewrapped']} re-wrapped, {re['rate_per_second']}/s{eta}"
+            )
     return "\n".join(lines)
 
 
@@ -256,6 +258,8 @@ def reencrypt_command(
     config: KeysConfig, force: bool, wait: float, batch: int, quiet: bool
 ) -> None:
     """Re-wrap every DEK under the current KEK, then retire the old ones (resumable)."""
+    from cryptvol.keys.rotation import deks_per_kek
+
     _say_forced(force)
     store, rotation = _rotation(config)
     try:
@@ -269,11 +273,20 @@ def reencrypt_command(
                     bar.update(done - bar.pos)
 
                 state = rotation.reencrypt(force=force, wait=wait, batch=batch, progress=progress)
+        # Counted in the store, not by the run: a resumed run cannot know what a crashed one
+        # re-wrapped after its last saved cursor.
+        counts = deks_per_kek(store)
     finally:
         store.close()
+    others = {kek: n for kek, n in counts.items() if kek != state.target}
+    if others:
+        raise click.ClickException(
+            f"reencrypt finished, but the store holds DEKs under other KEKs than {state.target}: "
+            + ", ".join(f"{n} under {kek}" for kek, n in sorted(others.items()))
+        )
     click.echo(
-        f"reencrypt finished: {state.done} DEKs checked, {state.rewrapped} re-wrapped"
-        f" under {state.target}; old KEKs retired"
+        f"reencrypt finished: all {counts[state.target]} DEKs in the store are wrapped under"
+        f" {state.target}; old KEKs retired"
     )
 
 

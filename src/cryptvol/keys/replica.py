@@ -23,18 +23,18 @@ import signal
 import socket
 import threading
 import time
-from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from cryptvol.errors import CryptvolError, Unavailable
-from cryptvol.keys import envelope, metrics
+from cryptvol.keys import metrics
 from cryptvol.keys.config import KeysConfig, open_keys
-from cryptvol.keys.keyset import DEK_PREFIX, KEYSET_KEY
+from cryptvol.keys.keyset import KEYSET_KEY
 from cryptvol.keys.manager import KeyManager
 from cryptvol.keys.replicas import NOT_READY, REPLICA_PREFIX, ReplicaReport
+from cryptvol.keys.rotation import deks_per_kek
 from cryptvol.keys.status import read_cursor
 
 log = logging.getLogger(__name__)
@@ -192,16 +192,8 @@ class Replica:
             metrics.REENCRYPT_TOTAL.set(state.total)
 
     def _count_deks(self) -> None:
-        counts: Counter[str] = Counter()
-        after = ""
         try:
-            while entries := self.manager.store.range(DEK_PREFIX, start_after=after, limit=1000):
-                for e in entries:
-                    try:
-                        counts[envelope.peek_kek_id(e.value, what=e.key)] += 1
-                    except CryptvolError:
-                        counts["unreadable"] += 1
-                after = entries[-1].key
+            counts = deks_per_kek(self.manager.store)
         except CryptvolError:
             return
         metrics.DEKS_PER_KEK.clear()

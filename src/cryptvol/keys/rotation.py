@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
@@ -337,7 +337,10 @@ class Rotation:
         keks = tuple(k for k in record.keks if k.role != "previous")
         retired = (*record.retired, *(Retired(k.id, k.fingerprint, now) for k in old))
         state, _ = self.cursor()
-        final = replace(state, finished=True, updated=now) if state else None
+        # A resumed run walks again what a crashed one committed after its last cursor save,
+        # so the cursor's counts fall short: the finished one says what the store holds.
+        held = self.store.count(DEK_PREFIX)
+        final = replace(state, done=held, total=held, finished=True, updated=now) if state else None
         extra = [Put(REENCRYPT_KEY, final.to_bytes())] if final else []
         self._swap(
             loaded.revision, record.moved("reencrypt_finished", keks, now, retired=retired), *extra
@@ -355,6 +358,21 @@ class Rotation:
 
 
 FORCE_SKIPS = "the stage order and the wait for every replica to agree"
+
+
+def deks_per_kek(store: Store) -> Counter[str]:
+    """How many wrapped DEKs the store holds under each KEK id ("unreadable": envelopes
+    that do not parse), read page by page."""
+    counts: Counter[str] = Counter()
+    after = ""
+    while entries := store.range(DEK_PREFIX, start_after=after, limit=1000):
+        for e in entries:
+            try:
+                counts[envelope.peek_kek_id(e.value, what=e.key)] += 1
+            except FailedPrecondition:
+                counts["unreadable"] += 1
+        after = entries[-1].key
+    return counts
 
 
 def _batch_size(store: Store) -> int:
