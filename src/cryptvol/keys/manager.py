@@ -233,8 +233,12 @@ class KeyManager:
         return self._unwrap(entry.value, volume_id, loaded)
 
     def delete_dek(self, volume_id: str) -> None:
+        """Shred the DEK: delete it, then have the store forget its history, so the wrapped
+        key cannot be read back from an earlier revision or the store's files. Run again
+        after a failure, it forgets what the failed run left."""
         _check_volume_id(volume_id)
         self.store.txn([], [Delete(dek_key(volume_id))])
+        self.store.forget_history()
 
     def _unwrap(self, raw: bytes, volume_id: str, loaded: LoadedKeySet) -> Secret:
         try:

@@ -347,14 +347,20 @@ class Rotation:
         )
         for k in old:
             self.provider.discard(k.id)
+        # The retired KEKs' sealed material and the DEKs re-wrapped from them are still in
+        # the store's history until it forgets it.
+        self.store.forget_history()
         log.info("reencrypt finished; retired %s", ", ".join(k.id for k in old) or "nothing")
         return final or ReencryptState("", 0, 0, 0, record.current.id, now, now, True)
 
     def forget_retired(self) -> None:
-        """Drop retired KEK material a crash may have left behind (idempotent)."""
+        """Drop retired KEK material a crash may have left behind, in the provider and in
+        the store's history (idempotent)."""
         record, _ = self.read()
         for r in record.retired:
             self.provider.discard(r.id)
+        if record.retired:
+            self.store.forget_history()
 
 
 FORCE_SKIPS = "the stage order and the wait for every replica to agree"

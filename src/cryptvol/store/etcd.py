@@ -241,6 +241,17 @@ class EtcdStore:
                 pass  # the lease had lapsed already (etcd: "requested lease not found")
         self._call("/kv/deleterange", {"key": _b64(key)})
 
+    def forget_history(self) -> None:
+        """Compact every revision before the current one, physically: the call returns once
+        etcd has removed them from its backend, not only from its index. The bytes may stay
+        in free pages of the member's db file until the next `etcdctl defrag`."""
+        revision = self.revision()
+        try:
+            self._call("/kv/compaction", {"revision": str(revision), "physical": True})
+        except Internal as exc:
+            if "required revision has been compacted" not in str(exc):
+                raise  # else: another client compacted as far or further meanwhile
+
     def close(self) -> None:
         for client in getattr(self._local, "clients", None) or []:
             client.session.close()
