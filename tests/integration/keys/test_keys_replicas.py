@@ -164,11 +164,10 @@ def test_a_replica_started_while_etcd_is_down_waits_and_then_becomes_ready(
         cluster.stop()
 
 
-def test_a_transition_is_refused_while_a_replica_disagrees_and_names_it(
-    tmp_path: Path, replicas: list[ReplicaProc]
-) -> None:
-    """A replica that hangs (SIGSTOP) keeps its last report alive until its lease lapses:
-    it still reports stage start after prepare, so rotate must be refused, naming it."""
+@pytest.fixture
+def agreeing(tmp_path: Path, replicas: list[ReplicaProc]) -> Iterator[tuple[str, Path]]:
+    """One etcd member and two replicas, km-a and km-b (report TTL 60 s), that agree:
+    yields the endpoints and the root key."""
     cluster = EtcdCluster(tmp_path / "etcd", size=1).start()
     try:
         root_key = tmp_path / "root.key"
@@ -180,24 +179,31 @@ def test_a_transition_is_refused_while_a_replica_disagrees_and_names_it(
         for r in replicas:
             r.wait_ready()
         wait_agreement(ep, root_key, {"km-a", "km-b"})
-        stuck = replicas[1]
-        stuck.signal(signal.SIGSTOP)
-        try:
-            keys_cli("prepare", endpoints=ep, root_key=root_key)
-            time.sleep(1)
-            refused = keys_cli(
-                "rotate", "--wait", "2", endpoints=ep, root_key=root_key, check=False
-            )
-            assert refused.returncode != 0
-            assert "km-b reports start-" in refused.stderr
-            assert "km-a" not in refused.stderr
-            assert status(ep, root_key)["stage"] == "prepare"
-        finally:
-            stuck.signal(signal.SIGCONT)
-        keys_cli("rotate", "--wait", "30", endpoints=ep, root_key=root_key)
-        assert status(ep, root_key)["stage"] == "rotate"
+        yield ep, root_key
     finally:
         cluster.stop()
+
+
+def test_a_transition_is_refused_while_a_replica_disagrees_and_names_it(
+    agreeing: tuple[str, Path], replicas: list[ReplicaProc]
+) -> None:
+    """A replica that hangs (SIGSTOP) keeps its last report alive until its lease lapses:
+    it still reports stage start after prepare, so rotate must be refused, naming it."""
+    ep, root_key = agreeing
+    stuck = replicas[1]
+    stuck.signal(signal.SIGSTOP)
+    try:
+        keys_cli("prepare", endpoints=ep, root_key=root_key)
+        time.sleep(1)
+        refused = keys_cli("rotate", "--wait", "2", endpoints=ep, root_key=root_key, check=False)
+        assert refused.returncode != 0
+        assert "km-b reports start-" in refused.stderr
+        assert "km-a" not in refused.stderr
+        assert status(ep, root_key)["stage"] == "prepare"
+    finally:
+        stuck.signal(signal.SIGCONT)
+    keys_cli("rotate", "--wait", "30", endpoints=ep, root_key=root_key)
+    assert status(ep, root_key)["stage"] == "rotate"
 
 
 def test_replicas_are_not_ready_within_their_ttl_of_losing_etcd_and_ready_once_it_is_back(
@@ -231,20 +237,7 @@ def test_replicas_are_not_ready_within_their_ttl_of_losing_etcd_and_ready_once_i
 
 
 def test_a_replica_stopped_with_sigterm_leaves_the_agreement_at_once(
-    tmp_path: Path, replicas: list[ReplicaProc]
+    agreeing: tuple[str, Path], replicas: list[ReplicaProc]
 ) -> None:
-    cluster = EtcdCluster(tmp_path / "etcd", size=1).start()
-    try:
-        root_key = tmp_path / "root.key"
-        make_root_key(root_key)
-        ep = cluster.endpoints
-        replicas += [
-            ReplicaProc(n, ep, root_key, tmp_path, ttl=60).start() for n in ("km-a", "km-b")
-        ]
-        for r in replicas:
-            r.wait_ready()
-        wait_agreement(ep, root_key, {"km-a", "km-b"})
-        replicas[1].stop()  # SIGTERM, and it exits 0
-        assert {r["name"] for r in status(ep, root_key)["replicas"]} == {"km-a"}
-    finally:
-        cluster.stop()
+    replicas[1].stop()  # SIGTERM, and it exits 0; its report's lease had 60 s to run
+    assert {r["name"] for r in status(*agreeing)["replicas"]} == {"km-a"}

@@ -98,12 +98,18 @@ def test_with_sqlite_the_kek_set_lives_sealed_in_the_store(tmp_path: Path) -> No
     assert not list(tmp_path.glob("kek.json"))
 
 
-def test_prepare_under_another_root_key_is_refused_naming_both_and_writes_nothing(
-    tmp_path: Path,
-) -> None:
+def sealed_store(tmp_path: Path) -> tuple[SqliteStore, RootKeyProvider]:
+    """A store whose key set (with one DEK) is sealed by the root key `ours.key`."""
     store = SqliteStore(tmp_path / "db")
     ours = root_provider(tmp_path / "ours.key")
     KeyManager(store, ours).create_dek("pvc-1")
+    return store, ours
+
+
+def test_prepare_under_another_root_key_is_refused_naming_both_and_writes_nothing(
+    tmp_path: Path,
+) -> None:
+    store, ours = sealed_store(tmp_path)
     other = root_provider(tmp_path / "other.key")
     before = store.revision()
     with pytest.raises(FailedPrecondition) as info:
@@ -118,9 +124,7 @@ def test_a_key_set_that_never_recorded_its_root_key_gets_it_recorded_at_the_next
     tmp_path: Path,
 ) -> None:
     """Key sets written before the fingerprint was recorded: the KEKs' references say it."""
-    store = SqliteStore(tmp_path / "db")
-    ours = root_provider(tmp_path / "ours.key")
-    KeyManager(store, ours).create_dek("pvc-1")
+    store, ours = sealed_store(tmp_path)
     record = json.loads(store.get(KEYSET_KEY).value)  # type: ignore[union-attr]
     del record["sealed_by"]
     store.txn([], [Put(KEYSET_KEY, json.dumps(record).encode())])
@@ -133,8 +137,7 @@ def test_a_key_set_that_never_recorded_its_root_key_gets_it_recorded_at_the_next
 def test_a_key_set_sealed_by_a_root_key_is_not_extended_from_a_local_kek_file(
     tmp_path: Path,
 ) -> None:
-    store = SqliteStore(tmp_path / "db")
-    KeyManager(store, root_provider(tmp_path / "root.key")).create_dek("pvc-1")
+    store, _ = sealed_store(tmp_path)
     with pytest.raises(FailedPrecondition, match=r"kek\.json is no root key"):
         Rotation(store, LocalKekProvider(tmp_path)).prepare(wait=0)
     assert not (tmp_path / "kek.json").exists()
