@@ -189,11 +189,13 @@ def render_status(doc: dict[str, Any]) -> str:
     if re:
         pct = 100.0 * re["done"] / re["total"] if re["total"] else 100.0
         eta = "" if re["eta_seconds"] is None else f", ETA {_age(re['eta_seconds'])}"
-        state = "finished" if re["finished"] else "in progress"
-        lines.append(
-            f"reencrypt:    {state}: {re['done']}/{re['total']} ({pct:.1f}%),"
-            f" {re['rewrapped']} re-wrapped, {re['rate_per_second']}/s{eta}"
-        )
+        if re["finished"]:  # counted in the store when it finished
+            lines.append(f"reencrypt:    finished: {re['done']} DEKs under {re['target']}")
+        else:
+            lines.append(
+                f"reencrypt:    in progress: {re['done']}/{re['total']} ({pct:.1f}%),"
+                f" {re['rewrapped']} re-wrapped, {re['rate_per_second']}/s{eta}"
+            )
     return "\n".join(lines)
 
 
@@ -272,6 +274,8 @@ def reencrypt_command(
     config: KeysConfig, force: bool, wait: float, batch: int, quiet: bool, retire_grace: str
 ) -> None:
     """Re-wrap every DEK under the current KEK, then retire the old ones (resumable)."""
+    from cryptvol.keys.rotation import deks_per_kek
+
     grace = parse_duration(retire_grace, "--retire-grace")
     _say_forced(force)
     store, rotation = _rotation(config)
@@ -288,11 +292,20 @@ def reencrypt_command(
                 state = rotation.reencrypt(
                     force=force, wait=wait, batch=batch, progress=progress, retire_grace=grace
                 )
+        # Counted in the store, not by the run: a resumed run cannot know what a crashed one
+        # re-wrapped after its last saved cursor.
+        counts = deks_per_kek(store)
     finally:
         store.close()
+    others = {kek: n for kek, n in counts.items() if kek != state.target}
+    if others:
+        raise click.ClickException(
+            f"reencrypt finished, but the store holds DEKs under other KEKs than {state.target}: "
+            + ", ".join(f"{n} under {kek}" for kek, n in sorted(others.items()))
+        )
     click.echo(
-        f"reencrypt finished: {state.done} DEKs checked, {state.rewrapped} re-wrapped"
-        f" under {state.target}; old KEKs retired"
+        f"reencrypt finished: all {counts[state.target]} DEKs in the store are wrapped under"
+        f" {state.target}; old KEKs retired"
     )
 
 
@@ -360,8 +373,16 @@ def export_command(config: KeysConfig, out: Path, passphrase_file: Path | None) 
     type=click.Path(path_type=Path, dir_okay=False, exists=True),
     help="Read the passphrase from this file (else a prompt asks).",
 )
+@click.option(
+    "--reseal",
+    is_flag=True,
+    help="Seal the key set by this --root-key although it is sealed by another one"
+    " (a lost root key replaced by a new one; every replica must then mount the new one).",
+)
 @store_options
-def import_command(config: KeysConfig, backup: Path, passphrase_file: Path | None) -> None:
+def import_command(
+    config: KeysConfig, backup: Path, passphrase_file: Path | None, reseal: bool
+) -> None:
     """Restore KEKs from a backup into the configured provider and the key-set record."""
     from cryptvol.keys.backup import import_keys
     from cryptvol.keys.config import open_provider, open_store
@@ -369,7 +390,9 @@ def import_command(config: KeysConfig, backup: Path, passphrase_file: Path | Non
     passphrase = _passphrase(passphrase_file, confirm=False)
     store = open_store(config)
     try:
-        ids = import_keys(store, open_provider(config), backup.read_bytes(), passphrase)
+        ids = import_keys(
+            store, open_provider(config), backup.read_bytes(), passphrase, reseal=reseal
+        )
     finally:
         store.close()
     click.echo(f"restored KEK(s) {', '.join(ids)}")

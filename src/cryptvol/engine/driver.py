@@ -53,10 +53,13 @@ class Driver:
         self.store, self.keys = open_keys(
             keys_config, lazy=bool(keys_config.etcd_endpoints), metrics=KeyMetrics(registry)
         )
-        self.replica: Replica | None = None
-        if settings.role in ("all", "controller"):
-            # Controllers wrap new DEKs, so they take part in KEK rotation agreement.
-            self.replica = Replica(self.keys, name=settings.node_id, role="controller").start()
+        # Controllers wrap new DEKs, so they take part in KEK rotation agreement; a node-only
+        # driver follows the key set without a report. Both make Probe say whether the store
+        # answers, from the loop's last rounds rather than a round trip per Probe.
+        controls = settings.role in ("all", "controller")
+        self.replica = Replica(self.keys, name=settings.node_id,
+                               role="controller" if controls else "node",
+                               report=controls).start()
         self.volumes = VolumeRepository(self.store)
         # One lock table for both services: a node and a controller operation on the same
         # volume in this process must not interleave either.
@@ -112,10 +115,8 @@ class Driver:
         return self.settings.role in ("all", "node")
 
     def ready(self) -> bool:
-        keys_ready = self.replica.ready() if self.replica else self.keys.ready()
-        return self._host is not None and keys_ready
+        return self._host is not None and self.replica.ready()
 
     def close(self) -> None:
-        if self.replica is not None:
-            self.replica.stop()
+        self.replica.stop()
         self.store.close()

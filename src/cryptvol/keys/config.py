@@ -5,15 +5,20 @@
   (`root_key`), since replicas on different machines share it through etcd.
 - A root key file with SQLite keeps the KEK set sealed in the SQLite store; without one, the
   local provider keeps KEKs in `<state_dir>/kek.json`.
+
+A root key file that is named must exist: only `cryptvol keys init-root-key` makes one, so a
+mistyped path is refused before anything is opened or written.
 """
 
 from __future__ import annotations
 
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cryptvol.errors import InvalidArgument
+from cryptvol.errors import FailedPrecondition, InvalidArgument
 from cryptvol.store.base import Store
 from cryptvol.store.sqlite import DB_FILE, SqliteStore
 
@@ -41,6 +46,8 @@ class KeysConfig:
                 "with etcd endpoints, give a root key file (--root-key): replicas on other"
                 " machines must open the same KEKs, which a local KEK file cannot give them"
             )
+        if self.root_key is not None:
+            _check_root_key_file(self.root_key)
 
     def describe(self) -> str:
         store = f"etcd {self.etcd_endpoints}" if self.etcd_endpoints else str(self.db_path)
@@ -50,6 +57,24 @@ class KeysConfig:
     @property
     def db_path(self) -> Path:
         return self.state_dir / DB_FILE
+
+
+def missing_root_key(path: Path) -> str:
+    return (
+        f"the root key file {path} does not exist: give the root key the cluster uses"
+        f" (only `cryptvol keys init-root-key {path}` makes a new one)"
+    )
+
+
+def _check_root_key_file(path: Path) -> None:
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise FailedPrecondition(missing_root_key(path)) from None
+    except OSError as exc:
+        raise FailedPrecondition(f"cannot read the root key file {path}: {exc.strerror}") from None
+    if not stat.S_ISREG(mode):
+        raise FailedPrecondition(f"the root key file {path} is not a regular file")
 
 
 def open_store(config: KeysConfig) -> Store:

@@ -99,18 +99,40 @@ def load_key_set(store: Store, provider: KekProvider, *, create: bool = True) ->
             )
         if not create:
             raise FailedPrecondition("the state store holds no key set yet")
+        sealer = provider.sealer()
         kek, ref = provider.create(new_kek_id())
         record = KeySetRecord(
             stage="start",
             keks=(KekRecord(kek.id, kek.created, kek.fingerprint, ref, "current"),),
             changed=time.time(),
             history=(("start", time.time()),),
+            sealed_by=sealer,
         )
         if store.txn([Compare(KEYSET_KEY, 0)], [Put(KEYSET_KEY, record.to_bytes())]):
             log.info("made the first KEK %s (%s)", kek.id, provider.name)
             continue
         provider.discard(kek.id)  # another replica made the first key set first: use theirs
     raise Aborted("the key-set record kept changing while loading it; retry")
+
+
+def check_sealer(record: KeySetRecord, provider: KekProvider) -> str:
+    """The fingerprint of the key `provider` seals new KEKs with, once it is the one `record`
+    already uses (as recorded, or as its KEKs' references name it); raise FailedPrecondition
+    naming both fingerprints when it is not. A key set is never resealed under another root
+    key by accident: that takes `cryptvol keys import --reseal`."""
+    mine = provider.sealer()
+    theirs = record.sealed_by or next(
+        (fp for k in record.keks if (fp := provider.sealer_of(k.ref))), ""
+    )
+    if mine != theirs:
+        sealed = f"the root key with fingerprint {theirs}" if theirs else "no root key"
+        offered = f"has fingerprint {mine}" if mine else "is no root key"
+        raise FailedPrecondition(
+            f"the key set is sealed by {sealed}, but {provider.name} {offered}: give the root"
+            " key the key set uses. Nothing was changed (to move the key set to another root"
+            " key: cryptvol keys import --reseal)"
+        )
+    return mine
 
 
 class KeyManager:
@@ -222,8 +244,12 @@ class KeyManager:
         return self._unwrap(entry.value, volume_id, loaded)
 
     def delete_dek(self, volume_id: str) -> None:
+        """Shred the DEK: delete it, then have the store forget its history, so the wrapped
+        key cannot be read back from an earlier revision or the store's files. Run again
+        after a failure, it forgets what the failed run left."""
         _check_volume_id(volume_id)
         self.store.txn([], [Delete(dek_key(volume_id))])
+        self.store.forget_history()
 
     def _unwrap(self, raw: bytes, volume_id: str, loaded: LoadedKeySet) -> Secret:
         try:

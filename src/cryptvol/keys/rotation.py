@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
@@ -39,7 +39,7 @@ from cryptvol.keys.keyset import (
     KeySetRecord,
     Retired,
 )
-from cryptvol.keys.manager import LoadedKeySet, load_key_set
+from cryptvol.keys.manager import LoadedKeySet, check_sealer, load_key_set
 from cryptvol.keys.metrics import KeyMetrics
 from cryptvol.keys.replicas import await_agreement
 from cryptvol.keys.status import (
@@ -124,6 +124,7 @@ class Rotation:
     def prepare(self, *, force: bool = False, wait: float = DEFAULT_WAIT) -> KekRecord:
         record, revision = self.read()
         self._check_stage(record, "prepare", force)
+        sealer = check_sealer(record, self.provider)
         self.forget_retired()
         if record.by_role("prepared"):
             raise FailedPrecondition(
@@ -132,8 +133,9 @@ class Rotation:
         self._agree(record, force, wait)
         kek, ref = self.provider.create(new_kek_id())
         added = KekRecord(kek.id, kek.created, kek.fingerprint, ref, "prepared")
+        moved = record.moved("prepare", (*record.keks, added), time.time(), sealed_by=sealer)
         try:
-            self._swap(revision, record.moved("prepare", (*record.keks, added), time.time()))
+            self._swap(revision, moved)
         except Aborted:
             self.provider.discard(kek.id)
             raise
@@ -360,21 +362,30 @@ class Rotation:
         keks = tuple(k for k in record.keks if k.role != "previous")
         retired = (*record.retired, *(Retired(k.id, k.fingerprint, now) for k in old))
         state, _ = self.cursor()
-        final = replace(state, finished=True, updated=now) if state else None
+        # A resumed run walks again what a crashed one committed after its last cursor save,
+        # so the cursor's counts fall short: the finished one says what the store holds.
+        held = self.store.count(DEK_PREFIX)
+        final = replace(state, done=held, total=held, finished=True, updated=now) if state else None
         extra = [Put(REENCRYPT_KEY, final.to_bytes())] if final else []
         self._swap(
             loaded.revision, record.moved("reencrypt_finished", keks, now, retired=retired), *extra
         )
         for k in old:
             self.provider.discard(k.id)
+        # The retired KEKs' sealed material and the DEKs re-wrapped from them are still in
+        # the store's history until it forgets it.
+        self.store.forget_history()
         log.info("reencrypt finished; retired %s", ", ".join(k.id for k in old) or "nothing")
         return final or ReencryptState("", 0, 0, 0, record.current.id, now, now, True)
 
     def forget_retired(self) -> None:
-        """Drop retired KEK material a crash may have left behind (idempotent)."""
+        """Drop retired KEK material a crash may have left behind, in the provider and in
+        the store's history (idempotent)."""
         record, _ = self.read()
         for r in record.retired:
             self.provider.discard(r.id)
+        if record.retired:
+            self.store.forget_history()
 
 
 FORCE_SKIPS = (
@@ -394,6 +405,21 @@ def kms_use_message(busy: list[LastUse], current: str, grace: float) -> str:
         f" under it: rewrite them ({REWRITE_SECRETS}) and run cryptvol keys reencrypt again"
         " once no plugin has used the old KEK for the retire grace"
     )
+
+
+def deks_per_kek(store: Store) -> Counter[str]:
+    """How many wrapped DEKs the store holds under each KEK id ("unreadable": envelopes
+    that do not parse), read page by page."""
+    counts: Counter[str] = Counter()
+    after = ""
+    while entries := store.range(DEK_PREFIX, start_after=after, limit=1000):
+        for e in entries:
+            try:
+                counts[envelope.peek_kek_id(e.value, what=e.key)] += 1
+            except FailedPrecondition:
+                counts["unreadable"] += 1
+        after = entries[-1].key
+    return counts
 
 
 def _batch_size(store: Store) -> int:

@@ -1,5 +1,8 @@
 """The embedded state store: one SQLite file in WAL mode.
 
+Deleted content is overwritten with zeros (`secure_delete`), and `forget_history` checkpoints
+the WAL into the file and truncates it, so neither holds a shredded key afterwards.
+
 One global revision counter lives in the `meta` table; a write transaction bumps it once and
 stamps every key it writes with the new value, so revisions behave as etcd's do. Writes run
 under `BEGIN IMMEDIATE`, which takes SQLite's write lock before the compares are read, so a
@@ -80,6 +83,8 @@ class SqliteStore:
             self._db.execute("PRAGMA journal_mode = WAL")
             # A wrapped DEK that is not durable when the volume it formats is, loses data.
             self._db.execute("PRAGMA synchronous = FULL")
+            # A shredded DEK or retired KEK must not linger in free space of the file.
+            self._db.execute("PRAGMA secure_delete = ON")
             self._migrate()
         except sqlite3.Error as exc:
             self._db.close()
@@ -173,6 +178,9 @@ class SqliteStore:
             raise ValueError("a lease needs a positive time-to-live")
         self._write((), (Put(key, value),), ttl=ttl)
 
+    def end_lease(self, key: str) -> None:
+        self._write((), (Delete(key),), ttl=None)
+
     def _write(
         self, compares: Sequence[Compare], ops: Sequence[Put | Delete], *, ttl: float | None
     ) -> bool:
@@ -226,6 +234,27 @@ class SqliteStore:
             rows = self._db.execute(f"SELECT key, revision FROM kv WHERE key IN ({marks})", chunk)
             have.update((str(k), int(r)) for k, r in rows)
         return all(have.get(k, 0) == rev for k, rev in want.items())
+
+    def forget_history(self) -> None:
+        # The WAL still holds the pages as they were before the delete; the checkpoint
+        # copies the current ones (zeroed where content was deleted) into the file, then
+        # truncates the WAL, waiting (busy timeout) for other connections' reads to end.
+        # Another connection's checkpoint in progress makes it give up at once, without
+        # the busy handler: so it is tried again until the busy timeout.
+        deadline = time.monotonic() + _BUSY_TIMEOUT_MS / 1000
+        while True:
+            with self._lock:
+                busy, _, _ = self._guard(
+                    lambda: self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+                )
+            if not busy:
+                return
+            if time.monotonic() >= deadline:
+                raise Unavailable(
+                    f"the state database {self.path} stayed busy: its WAL could not be"
+                    " checkpointed to forget deleted keys; retry"
+                )
+            time.sleep(0.02)
 
     def _guard(self, fn: Callable[[], _T]) -> _T:
         try:

@@ -218,7 +218,7 @@ def test_no_plaintext_kek_or_root_key_in_logs_errors_or_metrics(tmp_path: Path) 
     [
         (["--listen", "tcp://127.0.0.1:1"], 1, "must be unix:///absolute/path"),
         (["--etcd-endpoints", "http://127.0.0.1:1"], 1, "give a root key file"),
-        (["--root-key", "/nonexistent/root.key"], 1, "does not exist or is not a file"),
+        (["--root-key", "/nonexistent/root.key"], 1, "only `cryptvol keys init-root-key"),
         (["--etcd-endpoints", "ftp://x", "--root-key", "ROOT"], 1, "is not http(s)://HOST:PORT"),
         (["--metrics-address", "nonsense"], 1, "is not HOST:PORT"),
         (["--ttl", "0"], 2, "--ttl"),

@@ -97,7 +97,7 @@ def test_no_key_bytes_in_rotation_backup_status_or_reports(
     from cryptvol.cli.keys import keys_group
     from cryptvol.keys import backup
     from cryptvol.keys.config import KeysConfig, open_keys
-    from cryptvol.keys.kek_rootkey import RootKeyProvider
+    from cryptvol.keys.kek_rootkey import RootKeyProvider, make_root_key
     from cryptvol.keys.manager import load_key_set
     from cryptvol.keys.replica import Replica
     from cryptvol.keys.rotation import Rotation
@@ -107,6 +107,7 @@ def test_no_key_bytes_in_rotation_backup_status_or_reports(
     caplog.set_level(logging.DEBUG)
     texts: list[str] = []
     root_key = tmp_path / "root.key"
+    make_root_key(root_key)
     config = KeysConfig(state_dir=tmp_path, root_key=root_key)
     store, km = open_keys(config)
     deks = [km.create_dek(f"pvc-{i}").reveal() for i in range(5)]
