@@ -51,8 +51,12 @@ class KeysConfig:
         return self.state_dir / DB_FILE
 
 
-def open_store(config: KeysConfig) -> Store:
-    """The store; for etcd this does not connect yet, so it works while etcd is down."""
+def open_store(config: KeysConfig, *, readonly: bool = False) -> Store:
+    """The store; for etcd this does not connect yet, so it works while etcd is down.
+
+    `readonly`: for commands that only look; the SQLite store is then never created, and
+    its absence is NotFound.
+    """
     if config.etcd_endpoints:
         from cryptvol.store.etcd import EtcdStore  # its HTTP stack is slow to import
 
@@ -63,7 +67,7 @@ def open_store(config: KeysConfig) -> Store:
             cert_file=config.etcd_cert_file,
             key_file=config.etcd_key_file,
         )
-    return SqliteStore(config.db_path)
+    return SqliteStore(config.db_path, readonly=readonly)
 
 
 def open_provider(config: KeysConfig) -> KekProvider:
