@@ -37,6 +37,8 @@ class Driver:
     def __init__(self, settings: DriverSettings) -> None:
         self.settings = settings
         settings.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # Folders first: a start that cannot make them fails before any key is made.
+        self.backend = LoopBackend(settings.pool_dir)
         keys_config = settings.keys or KeysConfig(state_dir=settings.state_dir)
         # With etcd, a driver whose store is unreachable or whose key set cannot load yet
         # starts anyway and answers Probe "not ready" until it has loaded. The embedded
@@ -48,7 +50,6 @@ class Driver:
             # Controllers wrap new DEKs, so they take part in KEK rotation agreement.
             self.replica = Replica(self.keys, name=settings.node_id, role="controller").start()
         self.volumes = VolumeRepository(self.store)
-        self.backend = LoopBackend(settings.pool_dir)
         # One lock table for both services: a node and a controller operation on the same
         # volume in this process must not interleave either.
         self.locks = OperationLocks()
@@ -81,6 +82,13 @@ class Driver:
             self._host = host
             log.info("host probed", extra={"cryptsetup": host.cryptsetup_version,
                                            "argon2": host.argon2, "dm_crypt": host.dm_crypt})
+            if not self._node_can_serve(host):
+                # Probe stays "not ready" for good: say why once, where operators look.
+                log.error("not ready: the node service cannot open a dm-crypt mapping here",
+                          extra={"reason": host.dm_crypt_detail,
+                                 "fix": "load dm_crypt (modprobe dm_crypt) or run the node "
+                                        "role on a kernel with device-mapper; `cryptvol "
+                                        "doctor` says more"})
         except CryptvolError as exc:
             self._probe_error = str(exc)
             log.error("host probe failed", extra={"error": str(exc)})
@@ -103,9 +111,13 @@ class Driver:
     def serves_node(self) -> bool:
         return self.settings.role in ("all", "node")
 
+    def _node_can_serve(self, host: HostProbe) -> bool:
+        return host.dm_crypt or not self.serves_node
+
     def ready(self) -> bool:
         keys_ready = self.replica.ready() if self.replica else self.keys.ready()
-        return self._host is not None and keys_ready
+        host = self._host
+        return host is not None and keys_ready and self._node_can_serve(host)
 
     def close(self) -> None:
         if self.replica is not None:
