@@ -1,4 +1,4 @@
-"""The deployment examples in docs/ are valid for the driver they document.
+"""The deployment examples in docs/ (and the one the demo prints) are valid for the driver.
 
 There is no API server here: the manifests are checked by parsing them and feeding the
 StorageClass parameters through the driver's own validation, which is the part cryptvol
@@ -46,3 +46,16 @@ def test_the_storageclass_parameters_pass_the_drivers_validation():
     parsed = parse_parameters({k: str(v) for k, v in params.items() if k not in SECRET_REFS})
     assert parsed.key_source == "secret"
     assert parsed.luks.pbkdf == "argon2id"
+
+
+def test_the_demos_storageclass_asks_for_what_the_demo_made():
+    from cryptvol.cli.demo import SIZE_MIB, demo_parameters, storage_class_yaml
+
+    docs = {d["kind"]: d for d in yaml.safe_load_all(storage_class_yaml(demo_parameters(),
+                                                                          SIZE_MIB))}
+    sc, claim = docs["StorageClass"], docs["PersistentVolumeClaim"]
+    assert sc["provisioner"] == DRIVER_NAME
+    assert sc["parameters"] == demo_parameters()
+    assert parse_parameters(sc["parameters"]).key_source == "managed"
+    assert claim["spec"]["storageClassName"] == sc["metadata"]["name"]
+    assert claim["spec"]["resources"]["requests"]["storage"] == f"{SIZE_MIB}Mi"
