@@ -83,8 +83,11 @@ def test_with_no_driver_running_volume_commands_say_so(tmp_path: Path, command: 
           f"no driver answers on {endpoint}")
 
 
-@pytest.mark.parametrize("command", [["keys", "status"], ["state", "backup", "out.db"]])
-def test_read_only_commands_on_a_misspelt_state_dir_create_nothing(
+@pytest.mark.parametrize("command", [
+    ["keys", "status"], ["state", "backup", "out.db"], ["keys", "prepare"],
+    ["keys", "export", "--out", "kek.json", "--passphrase-file", "/dev/null"],
+])
+def test_commands_on_a_misspelt_state_dir_create_nothing(
     tmp_path: Path, command: list[str]
 ):
     typo = tmp_path / "sate"

@@ -204,7 +204,7 @@ def _rotation(config: KeysConfig) -> tuple[Any, Any]:
     from cryptvol.keys.config import open_provider, open_store
     from cryptvol.keys.rotation import Rotation
 
-    store = open_store(config)
+    store = open_store(config, existing=True)
     return store, Rotation(store, open_provider(config))
 
 
@@ -304,7 +304,7 @@ def export_command(config: KeysConfig, out: Path, passphrase_file: Path | None) 
     if out.exists():
         raise click.ClickException(f"{out} exists; choose a new file")
     passphrase = _passphrase(passphrase_file, confirm=True)
-    store = open_store(config)
+    store = open_store(config, readonly=True)
     try:
         blob = export_keys(store, open_provider(config), passphrase)
     finally:

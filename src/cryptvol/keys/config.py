@@ -51,11 +51,12 @@ class KeysConfig:
         return self.state_dir / DB_FILE
 
 
-def open_store(config: KeysConfig, *, readonly: bool = False) -> Store:
+def open_store(config: KeysConfig, *, readonly: bool = False, existing: bool = False) -> Store:
     """The store; for etcd this does not connect yet, so it works while etcd is down.
 
     `readonly`: for commands that only look; the SQLite store is then never created, and
-    its absence is NotFound.
+    its absence is NotFound. `existing`: for commands that change a store that must be
+    there already (rotation); its absence is NotFound too.
     """
     if config.etcd_endpoints:
         from cryptvol.store.etcd import EtcdStore  # its HTTP stack is slow to import
@@ -67,6 +68,8 @@ def open_store(config: KeysConfig, *, readonly: bool = False) -> Store:
             cert_file=config.etcd_cert_file,
             key_file=config.etcd_key_file,
         )
+    if existing and not readonly:
+        SqliteStore(config.db_path, readonly=True).close()  # NotFound where there is none
     return SqliteStore(config.db_path, readonly=readonly)
 
 
