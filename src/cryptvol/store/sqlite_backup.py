@@ -28,6 +28,7 @@ from cryptvol.errors import (
     NotFound,
 )
 from cryptvol.store.sqlite import SqliteStore
+from cryptvol.system.files import fsync_dir
 
 _SIDE_FILES = ("-wal", "-shm", "-journal")  # what SQLite may keep beside a database
 
@@ -135,7 +136,7 @@ def _write_copy(store: SqliteStore, target: Path, *, replace: bool) -> Copied:
         finally:
             with contextlib.suppress(FileNotFoundError):
                 staged.unlink()
-    _fsync_dir(target.parent)
+    fsync_dir(target.parent)
     return Copied(target, entries, target.stat().st_size)
 
 
@@ -158,10 +159,3 @@ def _sqlite_copy(store: SqliteStore, local: Path) -> int:
         raise Internal(f"the copy of {store.path} failed SQLite's check: {verdict}")
     return entries
 
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
