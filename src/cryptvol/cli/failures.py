@@ -73,8 +73,9 @@ def explain(exc: BaseException) -> tuple[int, str]:
         isinstance(exc, OSError) and exc.errno in (errno.EACCES, errno.EPERM)
     ):
         where = exc.filename or "a path it needs"
-        return PERMISSION_DENIED, f"permission denied on {where}: run as root, or as a user " \
-            "allowed to use it"
+        return PERMISSION_DENIED, (
+            f"permission denied on {where}: run as root, or as a user allowed to use it"
+        )
     if isinstance(exc, OSError):
         where = f" on {exc.filename}" if exc.filename else ""
         return FAILED, f"{(exc.strerror or type(exc).__name__).lower()}{where}"

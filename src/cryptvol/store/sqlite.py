@@ -73,7 +73,6 @@ class SqliteStore:
         never migrate, and say NotFound when there is no store at `path`.
         """
         self.path = Path(path)
-        self.readonly = readonly
         self._clock = clock
         self._lock = threading.RLock()
         if readonly and not self.path.is_file():
