@@ -1,5 +1,6 @@
-"""The passphrase StorageClass the manifests install names the example Secret, and the KMS
-overlay's EncryptionConfiguration and static pod name the plugin's real socket and flags.
+"""The deployment examples (docs/, deploy/, and the one the demo prints) are valid for the
+driver: the passphrase StorageClass names the example Secret, the KMS overlay's
+EncryptionConfiguration and static pod name the plugin's real socket and flags.
 
 The manifests are read as YAML here; their Kubernetes schemas and every StorageClass's
 parameters (through the driver's own validation) are checked in tests/integration/deploy.
@@ -10,6 +11,7 @@ from pathlib import Path
 import yaml
 
 from cryptvol import DRIVER_NAME
+from cryptvol.engine.parameters import parse_parameters
 
 ROOT = Path(__file__).resolve().parents[2]
 STORAGECLASSES = ROOT / "deploy" / "kubernetes" / "base" / "storageclasses.yaml"
@@ -92,3 +94,16 @@ def test_the_static_pod_runs_the_plugin_on_the_configured_socket_with_real_flags
     assert host[next(n for n, p in mounts.items() if p == socket_dir)] == socket_dir
     for flag in ("--root-key", "--etcd-ca-file", "--etcd-cert-file", "--etcd-key-file"):
         assert any(flags[flag].startswith(p + "/") for p in mounts.values()), flag
+
+
+def test_the_demos_storageclass_asks_for_what_the_demo_made():
+    from cryptvol.cli.demo import SIZE_MIB, demo_parameters, storage_class_yaml
+
+    docs = {d["kind"]: d for d in yaml.safe_load_all(storage_class_yaml(demo_parameters(),
+                                                                          SIZE_MIB))}
+    sc, claim = docs["StorageClass"], docs["PersistentVolumeClaim"]
+    assert sc["provisioner"] == DRIVER_NAME
+    assert sc["parameters"] == demo_parameters()
+    assert parse_parameters(sc["parameters"]).key_source == "managed"
+    assert claim["spec"]["storageClassName"] == sc["metadata"]["name"]
+    assert claim["spec"]["resources"]["requests"]["storage"] == f"{SIZE_MIB}Mi"

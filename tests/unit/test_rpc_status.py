@@ -5,7 +5,7 @@ from cryptvol import errors
 from cryptvol.csi.gen import csi_pb2 as pb
 from cryptvol.csi.server import SECRET_FIELDS
 from cryptvol.rpc.interceptor import REDACTED, redacted
-from cryptvol.rpc.status import code_for, message_for
+from cryptvol.rpc.status import code_for, error_for, message_for
 
 
 @pytest.mark.parametrize(
@@ -22,9 +22,11 @@ from cryptvol.rpc.status import code_for, message_for
         (errors.Internal, grpc.StatusCode.INTERNAL),
     ],
 )
-def test_each_error_maps_to_its_grpc_code(error, code):
+def test_each_error_maps_to_its_grpc_code_and_back(error, code):
     assert code_for(error("x")) == code
     assert message_for(error("what to do")) == "what to do"
+    back = error_for(code, "what to do")
+    assert type(back) is error and str(back) == "what to do"
 
 
 def test_an_unexpected_exception_shows_only_its_type():

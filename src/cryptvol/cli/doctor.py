@@ -1,7 +1,8 @@
 """`cryptvol doctor`: what this host's cryptsetup and kernel can do, and what to fix.
 
-One line per finding with a verdict (ok, warn, fail) and, for each problem, what to do.
-`--json` prints the same checks plus the raw probe (the one the driver caches).
+One line per finding with a verdict (ok, warn, fail; skip for a check that needs what
+failed) and, for each problem, what to do; then the overall verdict. `--json` prints the
+same, plus the raw probe (the one the driver caches).
 Exit code: 0 when nothing failed, 1 when a check failed (the driver cannot work here).
 """
 
@@ -9,14 +10,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import click
 
-from cryptvol.luks.budget import default_budget_kib
-from cryptvol.luks.probe import HostProbe, probe_host
+if TYPE_CHECKING:  # imported where used: the CLI starts faster without pydantic's models
+    from cryptvol.luks.probe import HostProbe
 
-Verdict = Literal["ok", "warn", "fail"]
+Verdict = Literal["ok", "warn", "fail", "skip"]
 
 
 @dataclass(frozen=True)
@@ -76,12 +77,15 @@ def checks(host: HostProbe) -> list[Check]:
         "the driver's seccomp profile",
     ))
     workqueue = "no_read_workqueue" in host.perf_flags
-    found.append(Check(
-        "perf flags", ", ".join(host.perf_flags) or "none",
-        "ok" if workqueue else "warn",
-        "" if workqueue else f"{host.perf_flags_detail}; perfNoRead/WriteWorkqueue are "
-        "left out on this node (kernel 5.9+ accepts them)",
-    ))
+    if not host.dm_crypt:
+        found.append(Check("perf flags", "not checked", "skip", "they need dm-crypt"))
+    else:
+        found.append(Check(
+            "perf flags", ", ".join(host.perf_flags) or "none",
+            "ok" if workqueue else "warn",
+            "" if workqueue else f"{host.perf_flags_detail}; perfNoRead/WriteWorkqueue are "
+            "left out on this node (kernel 5.9+ accepts them)",
+        ))
     found.append(_memory(host))
     return found
 
@@ -105,6 +109,8 @@ def _kernel_crypto(host: HostProbe) -> Check:
 
 
 def _memory(host: HostProbe) -> Check:
+    from cryptvol.luks.budget import default_budget_kib
+
     total = host.usable_memory_kib
     budget = default_budget_kib(host)
     value = f"{total // 1024} MiB usable, unlock budget {budget // 1024} MiB"
@@ -115,6 +121,24 @@ def _memory(host: HostProbe) -> Check:
                      "argon2 passphrase volumes get their PBKDF memory capped to the budget; "
                      "unlocks wait their turn when many volumes stage at once")
     return Check("memory", value, "ok")
+
+
+def overall(found: list[Check]) -> Verdict:
+    """fail when any check failed (no volume can work here), warn when any warned, else ok."""
+    for verdict in ("fail", "warn"):
+        if any(c.verdict == verdict for c in found):
+            return verdict
+    return "ok"
+
+
+def verdict_line(found: list[Check]) -> str:
+    verdict = overall(found)
+    names = ", ".join(c.name for c in found if c.verdict == verdict)
+    if verdict == "fail":
+        return f"verdict: FAIL ({names}): cryptvol cannot serve volumes here until fixed"
+    if verdict == "warn":
+        return f"verdict: OK, with warnings ({names})"
+    return "verdict: OK"
 
 
 def render_table(found: list[Check]) -> str:
@@ -133,15 +157,18 @@ def render_table(found: list[Check]) -> str:
 @click.option("--json", "as_json", is_flag=True, help="print the probe and checks as JSON")
 def doctor_command(as_json: bool) -> None:
     """Probe this host for what cryptvol needs and say what to fix."""
+    from cryptvol.luks.probe import probe_host
+
     host = probe_host()
     found = checks(host)
     if as_json:
         click.echo(json.dumps({
+            "verdict": overall(found),
             "checks": [asdict(c) for c in found],
             "probe": json.loads(host.to_json()),
         }, indent=2))
     else:
         click.echo(render_table(found))
-        click.echo(f"(probed in {host.seconds:.1f} s)")
-    if any(c.verdict == "fail" for c in found):
+        click.echo(f"{verdict_line(found)}   (probed in {host.seconds:.1f} s)")
+    if overall(found) == "fail":
         raise SystemExit(1)

@@ -19,7 +19,6 @@ from typing import Any, TypeVar
 
 import click
 
-from cryptvol.errors import CryptvolError
 from cryptvol.keys.config import DEFAULT_STATE_DIR, KeysConfig
 from cryptvol.system.secret import Secret
 
@@ -52,7 +51,7 @@ def store_options(fn: F) -> F:
 
     @click.option(
         "--state-dir",
-        type=click.Path(path_type=Path, file_okay=False),
+        type=click.Path(path_type=Path, file_okay=False, readable=False),
         envvar="CRYPTVOL_STATE_DIR",
         help=f"State dir of the embedded store and local KEK file [default: {DEFAULT_STATE_DIR}].",
     )
@@ -96,18 +95,15 @@ def store_options(fn: F) -> F:
         etcd_key_file: Path | None,
         **kwargs: Any,
     ) -> Any:
-        try:
-            config = keys_config(
-                state_dir,
-                etcd_endpoints,
-                root_key,
-                etcd_ca_file=etcd_ca_file,
-                etcd_cert_file=etcd_cert_file,
-                etcd_key_file=etcd_key_file,
-            )
-            return fn(*args, config=config, **kwargs)
-        except CryptvolError as exc:
-            raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
+        config = keys_config(
+            state_dir,
+            etcd_endpoints,
+            root_key,
+            etcd_ca_file=etcd_ca_file,
+            etcd_cert_file=etcd_cert_file,
+            etcd_key_file=etcd_key_file,
+        )
+        return fn(*args, config=config, **kwargs)
 
     return wrapper  # type: ignore[return-value]
 
@@ -144,7 +140,7 @@ def status_command(config: KeysConfig, as_json: bool) -> None:
     from cryptvol.keys.config import open_store
     from cryptvol.keys.status import read_status
 
-    store = open_store(config)
+    store = open_store(config, readonly=True)
     try:
         doc = read_status(store).to_json()
     finally:
@@ -220,7 +216,7 @@ def _rotation(config: KeysConfig) -> tuple[Any, Any]:
     from cryptvol.keys.config import open_provider, open_store
     from cryptvol.keys.rotation import Rotation
 
-    store = open_store(config)
+    store = open_store(config, existing=True)
     return store, Rotation(store, open_provider(config))
 
 
@@ -355,7 +351,7 @@ def export_command(config: KeysConfig, out: Path, passphrase_file: Path | None) 
     if out.exists():
         raise click.ClickException(f"{out} exists; choose a new file")
     passphrase = _passphrase(passphrase_file, confirm=True)
-    store = open_store(config)
+    store = open_store(config, readonly=True)
     try:
         blob = export_keys(store, open_provider(config), passphrase)
     finally:
@@ -430,10 +426,7 @@ def init_root_key(path: Path) -> None:
     """Write a new root key file (0600) to share with every replica; never overwrites."""
     from cryptvol.keys.kek_rootkey import make_root_key
 
-    try:
-        make_root_key(path)
-    except CryptvolError as exc:
-        raise click.ClickException(str(exc)) from None
+    make_root_key(path)
     click.echo(f"wrote a new root key to {path} (mode 0600)")
 
 

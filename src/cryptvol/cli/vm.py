@@ -6,8 +6,6 @@ import sys
 
 import click
 
-from cryptvol.vm import VmError, VmUnavailable, doctor, ensure_parts, run_in_vm
-
 # The exit code when the VM itself failed, so it is not mistaken for the command's.
 VM_FAILED_EXIT = 125
 # Parts whose absence is information, not a fault.
@@ -60,6 +58,8 @@ def run_command(
 
     The host is read-only in the guest except the work folder; /tmp is the guest's own.
     """
+    from cryptvol.vm import VmError, VmUnavailable, run_in_vm  # imported here: others start faster
+
     env: dict[str, str] = {}
     for pair in env_pairs:
         name, sep, value = pair.partition("=")
@@ -80,6 +80,8 @@ def run_command(
 @click.option("--build", is_flag=True, help="Fetch and build the kernel and initramfs first.")
 def doctor_command(build: bool) -> None:
     """Say which parts of the VM are present and cached; exit 1 if one is missing."""
+    from cryptvol.vm import VmUnavailable, doctor, ensure_parts
+
     if build:
         try:
             parts = ensure_parts()

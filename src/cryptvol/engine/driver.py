@@ -43,7 +43,8 @@ class Driver:
         """`registry`: the process's Prometheus registry (a private one when not given)."""
         self.settings = settings
         settings.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        # Pools first: a mistyped pool stops the start before any store or thread exists.
+        # Pools first: a mistyped pool, or a pool folder that cannot be made, stops the start
+        # before any store, key or thread exists.
         self.pools = open_pools(settings.pools)
         keys_config = settings.keys or KeysConfig(state_dir=settings.state_dir)
         # With etcd, a driver whose store is unreachable or whose key set cannot load yet
@@ -92,6 +93,13 @@ class Driver:
             self._host = host
             log.info("host probed", extra={"cryptsetup": host.cryptsetup_version,
                                            "argon2": host.argon2, "dm_crypt": host.dm_crypt})
+            if not self._node_can_serve(host):
+                # Probe stays "not ready" for good: say why once, where operators look.
+                log.error("not ready: the node service cannot open a dm-crypt mapping here",
+                          extra={"reason": host.dm_crypt_detail,
+                                 "fix": "load dm_crypt (modprobe dm_crypt) or run the node "
+                                        "role on a kernel with device-mapper; `cryptvol "
+                                        "doctor` says more"})
         except CryptvolError as exc:
             self._probe_error = str(exc)
             log.error("host probe failed", extra={"error": str(exc)})
@@ -114,8 +122,12 @@ class Driver:
     def serves_node(self) -> bool:
         return self.settings.role in ("all", "node")
 
+    def _node_can_serve(self, host: HostProbe) -> bool:
+        return host.dm_crypt or not self.serves_node
+
     def ready(self) -> bool:
-        return self._host is not None and self.replica.ready()
+        host = self._host
+        return host is not None and self.replica.ready() and self._node_can_serve(host)
 
     def close(self) -> None:
         self.replica.stop()

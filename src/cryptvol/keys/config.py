@@ -77,8 +77,13 @@ def _check_root_key_file(path: Path) -> None:
         raise FailedPrecondition(f"the root key file {path} is not a regular file")
 
 
-def open_store(config: KeysConfig) -> Store:
-    """The store; for etcd this does not connect yet, so it works while etcd is down."""
+def open_store(config: KeysConfig, *, readonly: bool = False, existing: bool = False) -> Store:
+    """The store; for etcd this does not connect yet, so it works while etcd is down.
+
+    `readonly`: for commands that only look; the SQLite store is then never created, and
+    its absence is NotFound. `existing`: for commands that change a store that must be
+    there already (rotation); its absence is NotFound too.
+    """
     if config.etcd_endpoints:
         from cryptvol.store.etcd import EtcdStore  # its HTTP stack is slow to import
 
@@ -89,7 +94,9 @@ def open_store(config: KeysConfig) -> Store:
             cert_file=config.etcd_cert_file,
             key_file=config.etcd_key_file,
         )
-    return SqliteStore(config.db_path)
+    if existing and not readonly:
+        SqliteStore(config.db_path, readonly=True).close()  # NotFound where there is none
+    return SqliteStore(config.db_path, readonly=readonly)
 
 
 def open_provider(config: KeysConfig) -> KekProvider:

@@ -23,6 +23,7 @@ from typing import Any
 
 from cryptvol.errors import FailedPrecondition, InvalidArgument
 from cryptvol.keys.kek import Kek, new_kek_material
+from cryptvol.system.files import fsync_dir
 from cryptvol.system.secret import Secret
 
 KEK_FILE = "kek.json"
@@ -149,7 +150,7 @@ class LocalKekProvider:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.path)
-        _fsync_dir(self.path.parent)
+        fsync_dir(self.path.parent)
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
@@ -172,13 +173,6 @@ def _parse(raw: bytes) -> dict[str, Kek]:
         out[kek_id] = Kek(str(kek_id), key, float(item["created"]))
     return out
 
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _now() -> float:

@@ -30,7 +30,8 @@ def root_key(tmp_path):
 
 
 def _driver(tmp_path, etcd, root_key, name="d1"):
-    running = RunningDriver(tmp_path / name)
+    # The controller role: its readiness is about etcd, whatever the host's dm-crypt.
+    running = RunningDriver(tmp_path / name, role="controller")
     running.work.mkdir()
     running.extra_env = {"CRYPTVOL_ETCD_ENDPOINTS": etcd.endpoints,
                          "CRYPTVOL_ROOT_KEY": str(root_key)}
@@ -83,7 +84,7 @@ def test_a_driver_started_while_etcd_is_down_is_not_ready_until_it_is_back(tmp_p
     log = (running.work / "serve.log").open("wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "cryptvol", "serve", "--endpoint", running.endpoint,
-         "--node-id", "n1", "--state-dir", str(running.state_dir),
+         "--node-id", "n1", "--role", "controller", "--state-dir", str(running.state_dir),
          "--pool-dir", str(running.pool_dir)], env=env,
         stdout=log, stderr=subprocess.STDOUT)
     try:

@@ -33,10 +33,12 @@ def in_image(root: Path, argv: list[str]) -> list[str]:
 
 @pytest.fixture
 def served(image_root: Path):
-    """`cryptvol serve` from the image; its socket, state and pool live in the image's tree."""
+    """`cryptvol serve` from the image; its socket, state and pool live in the image's tree.
+    The controller role: this host has no device-mapper, so a node role would never be
+    ready (the node half runs in the VM tests)."""
     log = (image_root / "tmp" / "driver.log").open("wb")
     proc = subprocess.Popen(in_image(image_root, [
-        "cryptvol", "serve", "--role", "all", "--node-id", "image-node",
+        "cryptvol", "serve", "--role", "controller", "--node-id", "image-node",
         "--endpoint", "unix:///run/cryptvol/csi.sock",
         "--state-dir", "/var/lib/cryptvol/state", "--pool-dir", "/var/lib/cryptvol/pool",
     ]), stdout=log, stderr=log)

@@ -57,3 +57,7 @@ def test_doctor_exit_code_follows_dm_crypt() -> None:
     report = json.loads(result.output)
     dm = next(c for c in report["checks"] if c["name"] == "dm-crypt")
     assert result.exit_code == (1 if dm["verdict"] == "fail" else 0)
+    if dm["verdict"] == "fail":
+        assert report["verdict"] == "fail"
+        perf = next(c for c in report["checks"] if c["name"] == "perf flags")
+        assert perf["verdict"] == "skip"

@@ -40,7 +40,7 @@ def test_every_member_stopped_gives_one_line_naming_each_member_once(tmp_path: P
     )  # fmt: skip
     assert cli.returncode != 0
     assert cli.stdout == "" and len(cli.stderr.strip().splitlines()) == 1, cli.stderr
-    assert "Unavailable: etcd cannot be reached: 127.0.0.1:" in cli.stderr
+    assert "Error: etcd cannot be reached: 127.0.0.1:" in cli.stderr
     assert "HTTPConnectionPool" not in cli.stderr
 
 

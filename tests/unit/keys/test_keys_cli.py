@@ -1,4 +1,5 @@
-"""`cryptvol keys` on the embedded store, through click's runner."""
+"""`cryptvol keys` on the embedded store, through click's runner and the root group (which
+turns errors into their one-line message)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from cryptvol.cli.keys import keys_group
+from cryptvol.cli.main import cli
 from cryptvol.keys import backup, rotation
 from cryptvol.keys.manager import open_local
 from cryptvol.keys.rotation import Rotation
@@ -24,7 +25,7 @@ def state(tmp_path: Path) -> Path:
 
 
 def keys(*args: str, ok: bool = True, input: str | None = None) -> str:
-    result = CliRunner().invoke(keys_group, list(args), input=input)
+    result = CliRunner().invoke(cli, ["keys", *args], input=input)
     assert (result.exit_code == 0) == ok, result.output
     return result.output
 
