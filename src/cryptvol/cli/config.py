@@ -13,7 +13,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from cryptvol.engine.direct import DEFAULT_RUNTIME_HANDLERS
+from cryptvol.engine.driver import KataSettings
 from cryptvol.errors import InvalidArgument
+from cryptvol.mounts.direct_volumes import DEFAULT_ROOT
+from cryptvol.mounts.kata_shim import GO_SANDBOXES, RS_SANDBOXES
 from cryptvol.pools.registry import PoolSpec, parse_pool_spec
 from cryptvol.state.records import DEFAULT_POOL
 
@@ -43,7 +47,28 @@ class ServeSettings(BaseModel):
     etcd_ca_file: Path | None = None
     etcd_cert_file: Path | None = None
     etcd_key_file: Path | None = None
+    # Kata direct-assigned volumes: handler patterns that mean Kata (comma-separated; empty
+    # turns the runtime-class trigger off), the API to read, and Kata's folders.
+    kata_runtime_handlers: str = ",".join(DEFAULT_RUNTIME_HANDLERS)
+    kubeconfig: Path | None = None
+    kata_direct_volumes_dir: Path = DEFAULT_ROOT
+    kata_sandbox_dirs: str = f"{GO_SANDBOXES},{RS_SANDBOXES}"
 
+    def kata_settings(self) -> KataSettings:
+        dirs = [d.strip() for d in self.kata_sandbox_dirs.split(",")]
+        if len(dirs) != 2 or not all(d.startswith("/") for d in dirs):
+            raise InvalidArgument(
+                "--kata-sandbox-dirs takes two absolute folders, the Go runtime's and "
+                f"runtime-rs's, comma-separated (default {GO_SANDBOXES},{RS_SANDBOXES})"
+            )
+        return KataSettings(
+            direct_volumes_dir=self.kata_direct_volumes_dir,
+            go_sandboxes_dir=Path(dirs[0]),
+            rs_sandboxes_dir=Path(dirs[1]),
+            runtime_handlers=tuple(
+                h.strip() for h in self.kata_runtime_handlers.split(",") if h.strip()),
+            kubeconfig=self.kubeconfig,
+        )
 
     def pool_specs(self) -> tuple[PoolSpec, ...]:
         if self.pool and self.pool_dir is not None:

@@ -59,6 +59,19 @@ def _load_defaults(ctx: click.Context, _param: click.Parameter, value: Path | No
               type=click.Path(path_type=Path), default=None)
 @click.option("--etcd-key-file", envvar="CRYPTVOL_ETCD_KEY_FILE",
               type=click.Path(path_type=Path), default=None)
+@click.option("--kata-runtime-handlers", envvar="CRYPTVOL_KATA_RUNTIME_HANDLERS", default=None,
+              help="RuntimeClass handlers that mean Kata, comma-separated shell patterns "
+                   "(default: kata*); a pod under one gets its volumes as Kata direct "
+                   "volumes. Empty: that trigger is off.")
+@click.option("--kubeconfig", envvar="CRYPTVOL_KUBECONFIG", type=click.Path(path_type=Path),
+              default=None, help="Kubeconfig of the Kubernetes API (default: in-cluster).")
+@click.option("--kata-direct-volumes-dir", envvar="CRYPTVOL_KATA_DIRECT_VOLUMES_DIR",
+              type=click.Path(path_type=Path), default=None,
+              help="Kata's direct-volume folder (default: "
+                   "/run/kata-containers/shared/direct-volumes).")
+@click.option("--kata-sandbox-dirs", envvar="CRYPTVOL_KATA_SANDBOX_DIRS", default=None,
+              help="Kata's sandbox folders holding shim-monitor.sock: the Go runtime's, then "
+                   "runtime-rs's (default: /run/vc/sbs,/run/kata).")
 def serve_command(**options: Any) -> None:
     """Serve the CSI Identity, Controller and Node services on a unix socket."""
     options = {k: v for k, v in options.items() if v is not None and v != ()}
@@ -71,7 +84,8 @@ def serve_command(**options: Any) -> None:
                           etcd_key_file=settings.etcd_key_file)
         driver = Driver(DriverSettings(node_id=settings.node_id, role=settings.role,
                                        state_dir=settings.state_dir,
-                                       pools=settings.pool_specs(), keys=keys))
+                                       pools=settings.pool_specs(), keys=keys,
+                                       kata=settings.kata_settings()))
         server = CsiServer(driver, settings.endpoint)
         server.start()
     except CryptvolError as exc:
