@@ -27,13 +27,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from cryptvol.csi.client import mount_capability
-from cryptvol.csi.gen import csi_pb2 as pb
 from cryptvol.vm import IN_VM_ENV
+from support.co import MIB, create_volume
 from support.driver import RunningDriver
 from support.kube_api import FakeKubeApi
-
-MIB = 1024 * 1024
 
 
 def _ms(call: Callable[[], object]) -> float:
@@ -65,28 +62,15 @@ def main(rounds: int) -> None:
         driver.work.mkdir()
         client = driver.start()
         try:
-            cap = mount_capability("ext4")
-            vol = client.controller.CreateVolume(pb.CreateVolumeRequest(
-                name="bench-kata", volume_capabilities=[cap],
-                capacity_range=pb.CapacityRange(required_bytes=256 * MIB))).volume
-            staging, target = work / "staging", work / "pod" / "mount"
-            staging.mkdir()
-            target.parent.mkdir()
-            client.node.NodeStageVolume(pb.NodeStageVolumeRequest(
-                volume_id=vol.volume_id, staging_target_path=str(staging),
-                volume_capability=cap))
+            vol = create_volume(client, work, "bench-kata", "ext4", size=256 * MIB)
+            vol.stage()
 
             def publish(pod: str | None) -> Callable[[], object]:
-                context = {} if pod is None else {
-                    "csi.storage.k8s.io/pod.name": pod,
-                    "csi.storage.k8s.io/pod.namespace": "apps"}
-                return lambda: client.node.NodePublishVolume(pb.NodePublishVolumeRequest(
-                    volume_id=vol.volume_id, staging_target_path=str(staging),
-                    target_path=str(target), volume_capability=cap, volume_context=context))
-
-            def unpublish() -> object:
-                return client.node.NodeUnpublishVolume(pb.NodeUnpublishVolumeRequest(
-                    volume_id=vol.volume_id, target_path=str(target)))
+                request = vol.publish_request()
+                if pod is not None:
+                    request.volume_context.update({"csi.storage.k8s.io/pod.name": pod,
+                                                   "csi.storage.k8s.io/pod.namespace": "apps"})
+                return lambda: client.node.NodePublishVolume(request)
 
             results: dict[str, list[float]] = {}
 
@@ -95,23 +79,22 @@ def main(rounds: int) -> None:
                 unpubs = results.setdefault(f"NodeUnpublish {name}", [])
                 for _ in range(rounds):
                     pubs.append(_ms(publish(pod)))
-                    unpubs.append(_ms(unpublish))
+                    unpubs.append(_ms(vol.unpublish))
 
             publish(None)()  # warm-up: first RPCs, first reads of the API
-            unpublish()
+            vol.unpublish()
             measure("host", None)
             measure("host+pod", "runc-pod")
             first = _ms(publish("kata-pod"))
-            unpublish()
+            vol.unpublish()
             measure("direct", "kata-pod")
             print(f"kata: first direct publish (releases the staging mount): {first:.1f} ms")
             for name in ("NodePublish host", "NodePublish host+pod", "NodePublish direct",
                          "NodeUnpublish host", "NodeUnpublish host+pod",
                          "NodeUnpublish direct"):
                 print(_line(name, results[name]))
-            client.node.NodeUnstageVolume(pb.NodeUnstageVolumeRequest(
-                volume_id=vol.volume_id, staging_target_path=str(staging)))
-            client.controller.DeleteVolume(pb.DeleteVolumeRequest(volume_id=vol.volume_id))
+            vol.unstage()
+            vol.delete()
         finally:
             driver.stop()
             api.stop()

@@ -25,6 +25,7 @@ import httpx
 
 from cryptvol.errors import FailedPrecondition, InvalidArgument, Unavailable
 from cryptvol.kube.config import ApiConfig
+from cryptvol.system.http import request
 
 TIMEOUT = httpx.Timeout(10.0, connect=3.0)
 # DNS-1123 subdomain: what every name and namespace read here must be.
@@ -99,14 +100,8 @@ class KubeApi:
         if token is not None:
             headers["Authorization"] = "Bearer " + token.reveal().decode()
         where = f"the Kubernetes API ({self.config.source})"
-        try:
-            response = self._client.get(path, headers=headers)
-        except httpx.TimeoutException:
-            raise Unavailable(f"{where} did not answer in time reading {what}; retry") from None
-        except httpx.HTTPError as exc:
-            raise Unavailable(
-                f"{where} cannot be reached reading {what} ({type(exc).__name__}); retry"
-            ) from None
+        response = request(self._client, "GET", path, f"{where} reading {what}",
+                           headers=headers)
         code = response.status_code
         if code == 404:
             return None

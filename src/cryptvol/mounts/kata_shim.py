@@ -25,8 +25,9 @@ from typing import Any, Literal
 
 import httpx
 
-from cryptvol.errors import FailedPrecondition, InvalidArgument, Unavailable
+from cryptvol.errors import FailedPrecondition, InvalidArgument
 from cryptvol.mounts.filesystem import Usage
+from cryptvol.system.http import request
 
 GO_SANDBOXES = Path("/run/vc/sbs")
 RS_SANDBOXES = Path("/run/kata")
@@ -82,17 +83,9 @@ class ShimClient:
               params: dict[str, str] | None = None, body: object = None) -> bytes:
         where = f"the Kata shim at {shim.path}"
         transport = httpx.HTTPTransport(uds=str(shim.path))
-        try:
-            with httpx.Client(transport=transport, timeout=self.timeout,
-                              trust_env=False) as client:
-                response = client.request(method, f"http://shim{url}", params=params,
-                                          json=body)
-        except httpx.TimeoutException:
-            raise Unavailable(f"{where} did not answer the volume {what} in time") from None
-        except httpx.HTTPError as exc:
-            raise Unavailable(
-                f"{where} cannot be reached for the volume {what} ({type(exc).__name__})"
-            ) from None
+        with httpx.Client(transport=transport, timeout=self.timeout, trust_env=False) as client:
+            response = request(client, method, f"http://shim{url}",
+                               f"{where} (volume {what})", params=params, json=body)
         if response.status_code != 200:
             text = response.text.strip().splitlines()[:1]
             detail = f": {text[0][:_BODY_TAIL]}" if text else ""
