@@ -224,20 +224,21 @@ class NodeEngine:
             pod = NOT_READ if record.kata_direct else self.direct.at_publish(cap, context or {})
             trigger = _trigger(record, pod)
             mode = self.modes.for_request(cap, direct=trigger is not None)
+            direct = trigger if mode is self.modes.kata else None  # raw block never is
             opened = _opened(record, cap.fs_type)
-            if mode is self.modes.kata and trigger is not None:
-                check_direct_access([cap], trigger, FailedPrecondition)
+            if direct is not None:
+                check_direct_access([cap], direct, FailedPrecondition)
             else:
                 self.modes.kata.refuse_if_direct(opened)
             options = PublishOptions(cap.mount_flags, cap.mount_group,
                                      pod.fs_group_change_policy)
             mode.publish(opened, staging_path, target_path, read_only or cap.read_only_mode,
                          options)
-            if mode is self.modes.kata and trigger is not None:
+            if direct is not None:
                 log.info("kata direct volume published", extra={
-                    "volume": volume_id, "trigger": trigger, "target": target_path,
+                    "volume": volume_id, "trigger": direct, "target": target_path,
                     "handler": pod.handler})
-                self.direct_metrics.published(volume_id, trigger)
+                self.direct_metrics.published(volume_id, direct)
 
     # --- NodeUnpublishVolume ----------------------------------------------------------------
     def unpublish(self, volume_id: str, target_path: str) -> None:
