@@ -54,6 +54,8 @@ class RunningDriver:
     extra_env: dict[str, str] = field(default_factory=dict)
     # Replaces the default `--pool-dir POOL_DIR` (e.g. several `--pool NAME=KIND:LOC`).
     pool_args: list[str] = field(default_factory=list)
+    # More `cryptvol serve` flags (e.g. --kubeconfig and the Kata folders).
+    extra_args: list[str] = field(default_factory=list)
     proc: subprocess.Popen[bytes] | None = None
     client: CsiClient | None = None
     _log_mark: int = 0
@@ -103,6 +105,7 @@ class RunningDriver:
                 *(self.pool_args or ["--pool-dir", str(self.pool_dir)]),
                 "--role",
                 self.role,
+                *self.extra_args,
                 "--log-json",
                 "--log-level",
                 "debug",

@@ -6,12 +6,15 @@ The manifests are read as YAML here; their Kubernetes schemas and every StorageC
 parameters (through the driver's own validation) are checked in tests/integration/deploy.
 """
 
+import fnmatch
 from pathlib import Path
 
 import yaml
 
 from cryptvol import DRIVER_NAME
+from cryptvol.engine.direct import ANNOTATION
 from cryptvol.engine.parameters import parse_parameters
+from cryptvol.mounts.kata_defaults import RUNTIME_HANDLERS
 
 ROOT = Path(__file__).resolve().parents[2]
 STORAGECLASSES = ROOT / "deploy" / "kubernetes" / "base" / "storageclasses.yaml"
@@ -107,3 +110,31 @@ def test_the_demos_storageclass_asks_for_what_the_demo_made():
     assert parse_parameters(sc["parameters"]).key_source == "managed"
     assert claim["spec"]["storageClassName"] == sc["metadata"]["name"]
     assert claim["spec"]["resources"]["requests"]["storage"] == f"{SIZE_MIB}Mi"
+
+
+KATA_EXAMPLE = ROOT / "docs" / "examples" / "kata-direct.yaml"
+BASE = ROOT / "deploy" / "kubernetes" / "base"
+
+
+def _base(name: str, kind: str) -> list[dict]:
+    return [d for d in yaml.safe_load_all((BASE / name).read_text()) if d["kind"] == kind]
+
+
+def test_the_kata_example_and_the_manifests_wire_all_three_triggers_and_their_rbac():
+    docs = {doc["kind"]: doc for doc in yaml.safe_load_all(KATA_EXAMPLE.read_text())}
+    (driver,) = _base("csidriver.yaml", "CSIDriver")
+    assert driver["metadata"]["name"] == DRIVER_NAME
+    assert driver["spec"]["podInfoOnMount"] is True
+    kata_class = next(c for c in _base("storageclasses.yaml", "StorageClass")
+                      if c["parameters"].get("kataDirectVolume") == "true")
+    assert parse_parameters(kata_class["parameters"]).kata_direct
+    assert docs["PersistentVolumeClaim"]["metadata"]["annotations"][ANNOTATION] == "true"
+    pod = docs["Pod"]["spec"]
+    runtime_class = docs["RuntimeClass"]
+    assert pod["runtimeClassName"] == runtime_class["metadata"]["name"]
+    assert any(fnmatch.fnmatchcase(runtime_class["handler"], p) for p in RUNTIME_HANDLERS)
+    assert all("subPath" not in m for c in pod["containers"] for m in c["volumeMounts"])
+    granted = {(g, r) for role in _base("rbac.yaml", "ClusterRole") for rule in role["rules"]
+               if "get" in rule["verbs"] for g in rule["apiGroups"] for r in rule["resources"]}
+    assert granted >= {("", "persistentvolumeclaims"), ("", "pods"),
+                       ("node.k8s.io", "runtimeclasses")}

@@ -15,15 +15,24 @@ import difflib
 import socket
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import click
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from cryptvol.cli.failures import ConfigError
 from cryptvol.keys.config import DEFAULT_STATE_DIR
+from cryptvol.mounts.kata_defaults import (
+    DIRECT_VOLUMES_DIR,
+    GO_SANDBOXES,
+    RS_SANDBOXES,
+    RUNTIME_HANDLERS,
+)
 from cryptvol.pools.registry import PoolSpec, parse_pool_spec
 from cryptvol.state.records import DEFAULT_POOL
+
+if TYPE_CHECKING:  # the driver's stack is imported where used: every command loads this
+    from cryptvol.engine.driver import KataSettings
 
 DEFAULT_ENDPOINT = "unix:///run/cryptvol/csi.sock"
 DEFAULT_POOL_DIR = Path("/var/lib/cryptvol/pool")
@@ -55,6 +64,30 @@ class ServeSettings(BaseModel):
     etcd_ca_file: Path | None = None
     etcd_cert_file: Path | None = None
     etcd_key_file: Path | None = None
+    # Kata direct-assigned volumes: handler patterns that mean Kata (comma-separated; empty
+    # turns the runtime-class trigger off), the API to read, and Kata's folders.
+    kata_runtime_handlers: str = ",".join(RUNTIME_HANDLERS)
+    kubeconfig: Path | None = None
+    kata_direct_volumes_dir: Path = DIRECT_VOLUMES_DIR
+    kata_sandbox_dirs: str = f"{GO_SANDBOXES},{RS_SANDBOXES}"
+
+    def kata_settings(self) -> KataSettings:
+        from cryptvol.engine.driver import KataSettings
+
+        dirs = [d.strip() for d in self.kata_sandbox_dirs.split(",")]
+        if len(dirs) != 2 or not all(d.startswith("/") for d in dirs):
+            raise ConfigError(
+                "serve: --kata-sandbox-dirs takes two absolute folders, the Go runtime's and "
+                f"runtime-rs's, comma-separated (default {GO_SANDBOXES},{RS_SANDBOXES})"
+            )
+        return KataSettings(
+            direct_volumes_dir=self.kata_direct_volumes_dir,
+            go_sandboxes_dir=Path(dirs[0]),
+            rs_sandboxes_dir=Path(dirs[1]),
+            runtime_handlers=tuple(
+                h.strip() for h in self.kata_runtime_handlers.split(",") if h.strip()),
+            kubeconfig=self.kubeconfig,
+        )
 
     def pool_specs(self) -> tuple[PoolSpec, ...]:
         if self.pool and self.pool_dir is not None:

@@ -69,6 +69,19 @@ def _load_defaults(ctx: click.Context, _param: click.Parameter, value: Path | No
 @click.option("--etcd-key-file", envvar="CRYPTVOL_ETCD_KEY_FILE",
               type=click.Path(path_type=Path), default=None,
               help="Key of the etcd client certificate.")
+@click.option("--kata-runtime-handlers", envvar="CRYPTVOL_KATA_RUNTIME_HANDLERS", default=None,
+              help="RuntimeClass handlers that mean Kata, comma-separated shell patterns "
+                   "(default: kata*); a pod under one gets its volumes as Kata direct "
+                   "volumes. Empty: that trigger is off.")
+@click.option("--kubeconfig", envvar="CRYPTVOL_KUBECONFIG", type=click.Path(path_type=Path),
+              default=None, help="Kubeconfig of the Kubernetes API (default: in-cluster).")
+@click.option("--kata-direct-volumes-dir", envvar="CRYPTVOL_KATA_DIRECT_VOLUMES_DIR",
+              type=click.Path(path_type=Path), default=None,
+              help="Kata's direct-volume folder (default: "
+                   "/run/kata-containers/shared/direct-volumes).")
+@click.option("--kata-sandbox-dirs", envvar="CRYPTVOL_KATA_SANDBOX_DIRS", default=None,
+              help="Kata's sandbox folders holding shim-monitor.sock: the Go runtime's, then "
+                   "runtime-rs's (default: /run/vc/sbs,/run/kata).")
 def serve_command(**options: Any) -> None:
     """Serve the CSI Identity, Controller and Node services on a unix socket."""
     # Imported here, not at the top: every other command starts without the server stack.
@@ -82,6 +95,7 @@ def serve_command(**options: Any) -> None:
 
     settings = settings_from(options)
     pools = settings.pool_specs()
+    kata = settings.kata_settings()
     # What the flags name is checked before the driver starts its threads, so a refusal
     # ends the process cleanly, with one line, and nothing made.
     claim_socket(socket_path(settings.endpoint))
@@ -95,7 +109,8 @@ def serve_command(**options: Any) -> None:
                       etcd_key_file=settings.etcd_key_file)
     try:
         driver = Driver(DriverSettings(node_id=settings.node_id, role=settings.role,
-                                       state_dir=settings.state_dir, pools=pools, keys=keys),
+                                       state_dir=settings.state_dir, pools=pools, keys=keys,
+                                       kata=kata),
                         registry)
         try:
             server = CsiServer(driver, settings.endpoint, registry=registry)

@@ -8,6 +8,8 @@ from cryptvol.csi.gen import csi_pb2
 from cryptvol.engine.types import AccessMode, AccessType, Capability
 from cryptvol.errors import InvalidArgument
 
+# (gid_t)-1 means "no change" to chown: never a group.
+_NO_GID = 2**32 - 1
 _MODES = {
     csi_pb2.VolumeCapability.AccessMode.Mode.Value(m.value): m
     for m in AccessMode
@@ -23,9 +25,13 @@ def capability(cap: csi_pb2.VolumeCapability) -> Capability:
     mode = _MODES.get(cap.access_mode.mode, AccessMode.UNKNOWN)
     if kind == "block":
         return Capability(AccessType.BLOCK, mode)
-    if cap.mount.volume_mount_group:
-        raise InvalidArgument("volume_mount_group is not supported by this driver")
-    return Capability(AccessType.MOUNT, mode, cap.mount.fs_type, tuple(cap.mount.mount_flags))
+    group = cap.mount.volume_mount_group
+    if group and not (group.isascii() and group.isdigit() and int(group) < _NO_GID):
+        raise InvalidArgument(
+            f"volume_mount_group {group!r} is not a group id (a decimal number below {_NO_GID})"
+        )
+    return Capability(AccessType.MOUNT, mode, cap.mount.fs_type, tuple(cap.mount.mount_flags),
+                      mount_group=str(int(group)) if group else "")
 
 
 def capabilities(caps: Iterable[csi_pb2.VolumeCapability]) -> list[Capability]:

@@ -6,11 +6,13 @@ cut short by a crash finishes when the container orchestrator retries it.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from cryptvol import TOPOLOGY_KEY
 from cryptvol.engine.capabilities import check_capabilities, fs_type_for
+from cryptvol.engine.direct import STORAGECLASS, DirectTriggers, check_direct_access, recorded
 from cryptvol.engine.ids import is_volume_id, volume_id_for
 from cryptvol.engine.locks import OperationLocks
 from cryptvol.engine.parameters import VolumeParameters, parse_parameters
@@ -34,6 +36,8 @@ from cryptvol.pools.registry import PoolRegistry
 from cryptvol.state.records import LuksRecord, VolumeRecord
 from cryptvol.state.repository import VolumeRepository
 from cryptvol.system import failpoints
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -65,8 +69,10 @@ class ControllerEngine:
         node_id: str,
         locks: OperationLocks,
         host: Callable[[], HostProbe] | None = None,
+        direct: DirectTriggers | None = None,
     ) -> None:
         self.host = host
+        self.direct = direct or DirectTriggers(None)
         self.volumes = volumes
         self.keys = keys
         self.pools = pools
@@ -77,6 +83,8 @@ class ControllerEngine:
     def create_volume(self, req: CreateRequest) -> VolumeInfo:
         params = parse_parameters(req.parameters)
         check_capabilities(req.capabilities)
+        if params.kata_direct:
+            check_direct_access(req.capabilities, STORAGECLASS)
         fs_type = fs_type_for(req.capabilities, params)
         block_only = all(c.access_type is AccessType.BLOCK for c in req.capabilities)
         capacity = capacity_for(
@@ -98,8 +106,12 @@ class ControllerEngine:
         with self.locks.hold(volume_id, "CreateVolume"):
             existing = self.volumes.get(volume_id)
             if existing is None:
+                # Decided once, for a new volume: a retry finds the choice in the record.
+                trigger = self.direct.at_create(params.kata_direct, req.parameters)
+                if trigger is not None:
+                    check_direct_access(req.capabilities, trigger)
                 record = self._new_record(volume_id, req.name, capacity, params, fs_type,
-                                          luks_plan, pool)
+                                          luks_plan, pool, trigger or "")
                 free = pool.provisioner.space().free_bytes
                 if record.backing_bytes > free:
                     raise ResourceExhausted(
@@ -114,6 +126,9 @@ class ControllerEngine:
                         )
                 else:
                     existing = record
+                    if trigger is not None:
+                        log.info("kata direct volume created",
+                                 extra={"volume": volume_id, "trigger": trigger})
             self._check_same_request(existing, req, params)
             if existing.state == "deleting":
                 raise AlreadyExists(
@@ -124,7 +139,8 @@ class ControllerEngine:
             return self._info(existing)
 
     def _new_record(self, volume_id: str, name: str, capacity: int, params: VolumeParameters,
-                    fs_type: str, luks_plan: LuksPlan, pool: Pool) -> VolumeRecord:
+                    fs_type: str, luks_plan: LuksPlan, pool: Pool,
+                    kata_direct: str) -> VolumeRecord:
         return VolumeRecord(
             id=volume_id,
             name=name,
@@ -138,6 +154,7 @@ class ControllerEngine:
             node_id=self.node_id,
             luks=LuksRecord.model_validate(luks_plan.to_record()),
             node_capacity_bytes=capacity,
+            kata_direct=kata_direct,
         )
 
     def _finish_create(self, record: VolumeRecord) -> VolumeRecord:
@@ -192,6 +209,8 @@ class ControllerEngine:
             "pbkdf": str(fmt.get("pbkdf")),
             "luks": "; ".join(record.luks.reasons),
         }
+        if record.kata_direct:
+            context["kataDirect"] = record.kata_direct
         return VolumeInfo(
             volume_id=record.id,
             capacity_bytes=record.capacity_bytes,
@@ -233,6 +252,9 @@ class ControllerEngine:
             return "the parameters differ from those the volume was created with"
         try:
             check_capabilities(capabilities)
+            trigger = recorded(record.kata_direct)
+            if trigger is not None:
+                check_direct_access(capabilities, trigger)
         except InvalidArgument as exc:
             return str(exc)
         return None

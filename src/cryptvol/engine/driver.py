@@ -11,14 +11,27 @@ from typing import Literal
 from prometheus_client import CollectorRegistry
 
 from cryptvol.engine.controller import ControllerEngine
+from cryptvol.engine.direct import DirectMetricsHook, DirectTriggers
 from cryptvol.engine.locks import OperationLocks
 from cryptvol.engine.node import NodeEngine
+from cryptvol.engine.publishing import PublishModes
 from cryptvol.errors import CryptvolError, Unavailable
 from cryptvol.keys.config import KeysConfig, open_keys
 from cryptvol.keys.metrics import KeyMetrics
 from cryptvol.keys.replica import Replica
+from cryptvol.kube.api import KubeApi
+from cryptvol.kube.config import discover
 from cryptvol.luks.budget import MemoryBudget
 from cryptvol.luks.probe import HostProbe, probe_host
+from cryptvol.mounts.direct_volumes import DirectVolumes
+from cryptvol.mounts.kata import KataDirect
+from cryptvol.mounts.kata_defaults import (
+    DIRECT_VOLUMES_DIR,
+    GO_SANDBOXES,
+    RS_SANDBOXES,
+    RUNTIME_HANDLERS,
+)
+from cryptvol.mounts.kata_shim import ShimClient
 from cryptvol.pools.registry import PoolSpec, open_pools
 from cryptvol.state.nodes import save_host_probe
 from cryptvol.state.repository import VolumeRepository
@@ -28,17 +41,31 @@ Role = Literal["all", "controller", "node"]
 
 
 @dataclass(frozen=True)
+class KataSettings:
+    """Kata direct-assigned volumes: Kata's folders (overridable for tests) and the
+    Kubernetes API the PVC-annotation and runtime-class triggers read."""
+
+    direct_volumes_dir: Path = DIRECT_VOLUMES_DIR
+    go_sandboxes_dir: Path = GO_SANDBOXES
+    rs_sandboxes_dir: Path = RS_SANDBOXES
+    runtime_handlers: tuple[str, ...] = RUNTIME_HANDLERS
+    kubeconfig: Path | None = None
+
+
+@dataclass(frozen=True)
 class DriverSettings:
     node_id: str
     role: Role
     state_dir: Path
     pools: tuple[PoolSpec, ...]
     keys: KeysConfig | None = None
+    kata: KataSettings = KataSettings()
 
 
 class Driver:
     def __init__(
-        self, settings: DriverSettings, registry: CollectorRegistry | None = None
+        self, settings: DriverSettings, registry: CollectorRegistry | None = None,
+        direct_metrics: DirectMetricsHook | None = None,
     ) -> None:
         """`registry`: the process's Prometheus registry (a private one when not given)."""
         self.settings = settings
@@ -46,6 +73,16 @@ class Driver:
         # Pools first: a mistyped pool, or a pool folder that cannot be made, stops the start
         # before any store, key or thread exists.
         self.pools = open_pools(settings.pools)
+        # A kubeconfig that cannot be used stops the start too; an API that cannot be
+        # reached only fails the requests that need it.
+        kata = settings.kata
+        api_config = discover(kata.kubeconfig)
+        self.kube = KubeApi(api_config) if api_config is not None else None
+        direct = DirectTriggers(self.kube, kata.runtime_handlers)
+        modes = PublishModes(KataDirect(
+            DirectVolumes(kata.direct_volumes_dir),
+            ShimClient(kata.go_sandboxes_dir, kata.rs_sandboxes_dir),
+        ))
         keys_config = settings.keys or KeysConfig(state_dir=settings.state_dir)
         # With etcd, a driver whose store is unreachable or whose key set cannot load yet
         # starts anyway and answers Probe "not ready" until it has loaded. The embedded
@@ -68,12 +105,17 @@ class Driver:
         self._host: HostProbe | None = None
         self._probe_error = ""
         self.controller = ControllerEngine(
-            self.volumes, self.keys, self.pools, settings.node_id, self.locks, self.host
+            self.volumes, self.keys, self.pools, settings.node_id, self.locks, self.host,
+            direct,
         )
         self.budget: MemoryBudget | None = None
         self.node = NodeEngine(
-            self.volumes, self.keys, self.pools, settings.node_id, self.locks
+            self.volumes, self.keys, self.pools, settings.node_id, self.locks, modes, direct,
+            direct_metrics=direct_metrics,
         )
+        # Said once the start can no longer fail on its own settings or store.
+        log.info("kata direct volumes", extra={"api": direct.describe(),
+                                               "direct_volumes": str(kata.direct_volumes_dir)})
         # The probe runs cryptsetup a few times; the socket comes up meanwhile and Probe
         # answers not-ready until it is done.
         self._probed = threading.Event()
@@ -131,4 +173,6 @@ class Driver:
 
     def close(self) -> None:
         self.replica.stop()
+        if self.kube is not None:
+            self.kube.close()
         self.store.close()

@@ -7,6 +7,7 @@ is formatted only when proven blank; a volume that holds data is opened, never r
 
 from __future__ import annotations
 
+import logging
 import os
 import stat
 from collections.abc import Callable, Iterator, Mapping
@@ -14,9 +15,18 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Protocol
 
+from cryptvol.engine.direct import (
+    NOT_READ,
+    DirectMetricsHook,
+    DirectTriggers,
+    PodVerdict,
+    Trigger,
+    check_direct_access,
+    recorded,
+)
 from cryptvol.engine.ids import is_volume_id
 from cryptvol.engine.locks import OperationLocks
-from cryptvol.engine.publishing import MODES, mode_for
+from cryptvol.engine.publishing import PublishModes
 from cryptvol.engine.sizes import LUKS2_HEADER_BYTES, capacity_for
 from cryptvol.engine.types import Capability
 from cryptvol.errors import (
@@ -32,7 +42,7 @@ from cryptvol.luks.cryptsetup import FormatOptions, OpenOptions
 from cryptvol.luks.policy import LuksPlan, parse_luks_parameters
 from cryptvol.luks.token import write_policy_token
 from cryptvol.mounts import filesystem
-from cryptvol.mounts.modes import OpenedVolume
+from cryptvol.mounts.modes import OpenedVolume, PublishOptions
 from cryptvol.pools.base import NodeAttacher
 from cryptvol.pools.registry import PoolRegistry
 from cryptvol.state.records import VolumeRecord
@@ -45,6 +55,7 @@ NODE_EXPAND_SECRET_KEYS = (
     "csi.storage.k8s.io/node-expand-secret-name",
     "csi.storage.k8s.io/node-expand-secret-namespace",
 )
+log = logging.getLogger(__name__)
 
 
 class UnlockBudget(Protocol):
@@ -68,10 +79,16 @@ class NodeEngine:
         pools: PoolRegistry,
         node_id: str,
         locks: OperationLocks,
+        modes: PublishModes,
+        direct: DirectTriggers,
         budget: UnlockBudget | None = None,
         budget_timeout: float = 60.0,
+        direct_metrics: DirectMetricsHook | None = None,
     ) -> None:
         self.volumes = volumes
+        self.modes = modes
+        self.direct = direct
+        self.direct_metrics = direct_metrics or DirectMetricsHook()
         self.keys = keys
         self.pools = pools
         self.node_id = node_id
@@ -127,8 +144,9 @@ class NodeEngine:
             opened = _opened(record, cap.fs_type)
             size = device_size(opened.device)
             # Expanded while not staged: the filesystem catches up now.
-            mode_for(cap).stage(opened, staging_path, cap.mount_flags,
-                                grow=record.node_capacity_bytes < size)
+            mode = self.modes.for_request(cap, direct=bool(record.kata_direct))
+            mode.stage(opened, staging_path, cap.mount_flags,
+                       grow=record.node_capacity_bytes < size)
             if record.node_capacity_bytes != size:
                 self._record_node_capacity(volume_id, size)
 
@@ -188,28 +206,50 @@ class NodeEngine:
         with self.locks.hold(volume_id, "NodeUnstageVolume"):
             record = self._require(volume_id)
             opened = _opened(record)
-            for mode in MODES:
+            for mode in self.modes.all:
                 mode.unstage(opened, staging_path)
             cryptsetup.close_device(cryptsetup.mapping_name(volume_id))
             self._attacher(record).detach(volume_id)
 
     # --- NodePublishVolume ------------------------------------------------------------------
     def publish(self, volume_id: str, staging_path: str, target_path: str, cap: Capability,
-                read_only: bool) -> None:
+                read_only: bool, context: Mapping[str, str] | None = None) -> None:
         _require_parent(target_path, "target_path")
         with self.locks.hold(volume_id, "NodePublishVolume"):
             record = self.volumes.require(volume_id)
             if not cryptsetup.is_active(cryptsetup.mapping_name(volume_id)):
                 raise FailedPrecondition(f"volume {volume_id} is not staged on this node")
-            mode_for(cap).publish(_opened(record, cap.fs_type), staging_path, target_path,
-                                  read_only or cap.read_only_mode)
+            # A volume direct from its creation needs no API call; otherwise the pod may
+            # make it direct, and an unreadable pod stops the publish (Unavailable).
+            pod = NOT_READ if record.kata_direct else self.direct.at_publish(cap, context or {})
+            trigger = _trigger(record, pod)
+            mode = self.modes.for_request(cap, direct=trigger is not None)
+            direct = trigger if mode is self.modes.kata else None  # raw block never is
+            opened = _opened(record, cap.fs_type)
+            if direct is not None:
+                check_direct_access([cap], direct, FailedPrecondition)
+            else:
+                self.modes.kata.refuse_if_direct(opened)
+            options = PublishOptions(cap.mount_flags, cap.mount_group,
+                                     pod.fs_group_change_policy)
+            mode.publish(opened, staging_path, target_path, read_only or cap.read_only_mode,
+                         options)
+            if direct is not None:
+                log.info("kata direct volume published", extra={
+                    "volume": volume_id, "trigger": direct, "target": target_path,
+                    "handler": pod.handler})
+                self.direct_metrics.published(volume_id, direct)
 
     # --- NodeUnpublishVolume ----------------------------------------------------------------
     def unpublish(self, volume_id: str, target_path: str) -> None:
         with self.locks.hold(volume_id, "NodeUnpublishVolume"):
             opened = _opened(self._require(volume_id))
-            for mode in MODES:
+            for mode in self.modes.all:
                 if mode.unpublish(opened, target_path):
+                    if mode is self.modes.kata:
+                        log.info("kata direct volume unpublished",
+                                 extra={"volume": volume_id, "target": target_path})
+                        self.direct_metrics.unpublished(volume_id)
                     break
 
     # --- NodeExpandVolume -------------------------------------------------------------------
@@ -241,7 +281,7 @@ class NodeEngine:
                                  lambda: self._key(record, secrets, "NodeExpandVolume")):
                 failpoints.reached("expand:after-resize")
             opened = _opened(record)
-            for mode in MODES:
+            for mode in self.modes.all:
                 if mode.grow(opened, volume_path):
                     break
             size = device_size(opened.device)
@@ -269,10 +309,15 @@ class NodeEngine:
         usage = None
         if open_:
             opened = _opened(record)
-            usage = next((u for m in MODES if (u := m.usage(opened, volume_path))), None)
+            usage = next((u for m in self.modes.all if (u := m.usage(opened, volume_path))),
+                         None)
         condition = _condition(open_, usage is not None)
         return VolumeStats(usage or filesystem.Usage(0, 0, 0, 0, 0, 0), block,
                            usage is None, condition)
+
+
+def _trigger(record: VolumeRecord, pod: PodVerdict) -> Trigger | None:
+    return recorded(record.kata_direct) or pod.trigger
 
 
 def _opened(record: VolumeRecord, fs_type: str = "") -> OpenedVolume:

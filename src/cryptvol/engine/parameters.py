@@ -23,7 +23,8 @@ RESERVED_PREFIX = "csi.storage.k8s.io/"
 KEY_SOURCE_KEY = "keySource"
 SECRET_KEY_KEY = "secretKey"
 POOL_KEY = "pool"
-ENGINE_KEYS = frozenset({FSTYPE_KEY, KEY_SOURCE_KEY, SECRET_KEY_KEY, POOL_KEY})
+KATA_DIRECT_KEY = "kataDirectVolume"
+ENGINE_KEYS = frozenset({FSTYPE_KEY, KEY_SOURCE_KEY, SECRET_KEY_KEY, POOL_KEY, KATA_DIRECT_KEY})
 KeySource = Literal["managed", "secret"]
 _KEY_SOURCES: tuple[KeySource, ...] = ("managed", "secret")
 
@@ -36,6 +37,8 @@ class VolumeParameters(BaseModel):
     secret_key: str = "passphrase"
     # The configured pool to provision from; empty: the driver's default (first) pool.
     pool: str = ""
+    # The class makes every volume a Kata direct-assigned volume (see engine.direct).
+    kata_direct: bool = False
     luks: LuksParameters
     # The parameters as given, minus claim metadata: compared on a repeated CreateVolume.
     raw: dict[str, str]
@@ -67,8 +70,15 @@ def parse_parameters(params: Mapping[str, str]) -> VolumeParameters:
     secret_key = kept.get(SECRET_KEY_KEY, "passphrase")
     if not secret_key:
         raise InvalidArgument(f"parameter {SECRET_KEY_KEY!r} must not be empty")
+    kata_direct = kept.get(KATA_DIRECT_KEY, "false")
+    if kata_direct not in ("true", "false"):
+        raise InvalidArgument(
+            f"parameter {KATA_DIRECT_KEY!r}: {kata_direct!r} is not supported; "
+            "accepted values: true, false"
+        )
     return VolumeParameters(
         fs_type=fs_type,
+        kata_direct=kata_direct == "true",
         key_source="secret" if key_source == "secret" else "managed",
         secret_key=secret_key,
         pool=kept.get(POOL_KEY, ""),

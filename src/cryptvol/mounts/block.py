@@ -10,7 +10,7 @@ from pathlib import Path
 
 from cryptvol.mounts import filesystem
 from cryptvol.mounts.filesystem import Usage
-from cryptvol.mounts.modes import OpenedVolume
+from cryptvol.mounts.modes import NO_OPTIONS, OpenedVolume, PublishOptions
 from cryptvol.system.devices import device_size
 
 
@@ -25,7 +25,7 @@ class BlockBind:
         return None
 
     def publish(self, volume: OpenedVolume, staging_path: str, target_path: str,
-                read_only: bool) -> None:
+                read_only: bool, options: PublishOptions = NO_OPTIONS) -> None:
         if not os.path.exists(target_path):
             Path(target_path).touch(mode=0o600)
         filesystem.bind_mount(volume.device, target_path, read_only)

@@ -1,5 +1,8 @@
 """Publish mode `host`: a filesystem on the mapping, mounted at the staging path on the host,
-bind-mounted at each target. The filesystem is made only on a mapping proven blank."""
+bind-mounted at each target. The filesystem is made only on a mapping proven blank.
+
+A Kata direct publication of a volume staged here releases the staging mount (nothing of a
+direct volume stays mounted on the host); a later host publication mounts it again."""
 
 from __future__ import annotations
 
@@ -9,8 +12,9 @@ from collections.abc import Sequence
 from cryptvol.errors import AlreadyExists, FailedPrecondition
 from cryptvol.mounts import filesystem
 from cryptvol.mounts.filesystem import Usage
-from cryptvol.mounts.modes import OpenedVolume
+from cryptvol.mounts.modes import NO_OPTIONS, OpenedVolume, PublishOptions
 from cryptvol.mounts.mountinfo import mount_at
+from cryptvol.mounts.ownership import apply_fs_group
 from cryptvol.system import failpoints
 
 
@@ -30,8 +34,12 @@ class HostMount:
         filesystem.unmount(staging_path)
 
     def publish(self, volume: OpenedVolume, staging_path: str, target_path: str,
-                read_only: bool) -> None:
+                read_only: bool, options: PublishOptions = NO_OPTIONS) -> None:
         staged = mount_at(staging_path)
+        if staged is None and os.path.isdir(staging_path):
+            # Released to a Kata guest by an earlier direct publication: mount it again.
+            self.stage(volume, staging_path, options.mount_flags, grow=False)
+            staged = mount_at(staging_path)
         if staged is None or os.path.realpath(staged.source) != os.path.realpath(volume.device):
             raise FailedPrecondition(
                 f"volume {volume.volume_id} is not staged at {staging_path}; "
@@ -44,6 +52,9 @@ class HostMount:
                 f"{target_path} is already published "
                 f"{'read-only' if existing.read_only else 'read-write'}"
             )
+        if options.mount_group:
+            apply_fs_group(staging_path, int(options.mount_group), read_only,
+                           options.fs_group_change_policy or "Always")
         filesystem.bind_mount(staging_path, target_path, read_only)
 
     def unpublish(self, volume: OpenedVolume, target_path: str) -> bool:

@@ -23,6 +23,20 @@ class OpenedVolume:
     fs_type: str  # the filesystem it holds or will hold; unused by raw block
 
 
+@dataclass(frozen=True)
+class PublishOptions:
+    """What a publication asks beyond its target and read-only flag."""
+
+    mount_flags: tuple[str, ...] = ()
+    # The pod's fsGroup (CSI volume_mount_group), a decimal gid; empty: none.
+    mount_group: str = ""
+    # The pod's fsGroupChangePolicy when the driver could read it: Always, OnRootMismatch.
+    fs_group_change_policy: str = ""
+
+
+NO_OPTIONS = PublishOptions()
+
+
 class PublishMode(Protocol):
     name: str
 
@@ -37,7 +51,7 @@ class PublishMode(Protocol):
         ...
 
     def publish(self, volume: OpenedVolume, staging_path: str, target_path: str,
-                read_only: bool) -> None:
+                read_only: bool, options: PublishOptions = NO_OPTIONS) -> None:
         ...
 
     def unpublish(self, volume: OpenedVolume, target_path: str) -> bool:

@@ -45,6 +45,9 @@ class VolumeRecord(Record):
     created_at: float = Field(default_factory=time.time)
     # Set when the node has grown the mapping and filesystem to `capacity_bytes`.
     node_capacity_bytes: int = 0
+    # What made the volume a Kata direct-assigned volume at CreateVolume ("storageclass" or
+    # "pvc-annotation"); empty: not direct unless its pod's runtime class says so.
+    kata_direct: str = ""
 
 
 def encode(record: BaseModel) -> bytes:

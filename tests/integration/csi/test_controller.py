@@ -165,6 +165,7 @@ def test_node_reports_its_id_topology_and_capabilities(csi):
         rpc.GET_VOLUME_STATS,
         rpc.EXPAND_VOLUME,
         rpc.VOLUME_CONDITION,
+        rpc.VOLUME_MOUNT_GROUP,
     }
 
 

@@ -32,7 +32,6 @@ from support.manifests import KUSTOMIZATIONS, Object
 
 PENDING = {
     "flag: serve --kubelet-dir": "Kata direct volumes, issue 12",
-    "parameter: kataDirectVolume": "Kata direct volumes, issue 12",
     "capability: controller CREATE_DELETE_SNAPSHOT": "snapshots, issue 11",
 }
 

@@ -1,14 +1,55 @@
+import os
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
 import pytest
 
+from cryptvol.mounts.direct_volumes import DirectVolumes
+from cryptvol.vm import IN_VM_ENV
 from support.driver import RunningDriver
+from support.kube_api import FakeKubeApi
+
+
+@dataclass(frozen=True)
+class KataNode:
+    """What the session driver knows of Kata: its stand-in Kubernetes API and the folders a
+    Kata runtime would use on this node."""
+
+    api: FakeKubeApi
+    volumes: DirectVolumes
+    go_sandboxes: Path
+    rs_sandboxes: Path
 
 
 @pytest.fixture(scope="session")
-def driver(tmp_path_factory):
+def kata(tmp_path_factory):
+    """A stand-in Kubernetes API on loopback (the real API server cannot run here; see
+    tests/support/kube_api.py) and Kata's folders for the session driver. The VM boots with
+    its loopback down."""
+    if os.environ.get(IN_VM_ENV) == "1":
+        subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+    api = FakeKubeApi(token="node-sa-token")
+    # Short: shim sockets live at <dir>/<64-character sandbox id>/shim-monitor.sock and a
+    # unix socket path must fit in 108 bytes.
+    sandboxes = Path(tempfile.mkdtemp(prefix="kn", dir="/tmp"))
+    yield KataNode(api, DirectVolumes(tmp_path_factory.mktemp("kata") / "direct-volumes"),
+                   sandboxes / "sbs", sandboxes / "kata")
+    api.stop()
+
+
+@pytest.fixture(scope="session")
+def driver(tmp_path_factory, kata):
     """One driver for the node suite: starting Python under an emulated CPU costs seconds,
     so tests share it; each uses its own volume names. Crash tests restart it and leave it
     running again."""
-    running = RunningDriver(tmp_path_factory.mktemp("driver"))
+    work = tmp_path_factory.mktemp("driver")
+    running = RunningDriver(work, extra_args=[
+        "--kubeconfig", str(kata.api.kubeconfig(work / "kubeconfig")),
+        "--kata-direct-volumes-dir", str(kata.volumes.root),
+        "--kata-sandbox-dirs", f"{kata.go_sandboxes},{kata.rs_sandboxes}",
+    ])
     running.start()
     yield running
     running.stop()
