@@ -151,15 +151,3 @@ def check_direct_access(caps: Sequence[Capability], trigger: Trigger,
                 f"(made direct by {trigger}): its guest VM is one pod on one node; use "
                 f"ReadWriteOnce or ReadWriteOncePod ({accepted})"
             )
-
-
-# --- metrics hook --------------------------------------------------------------------------
-# The shared Prometheus registry is being built on another branch; the lead wires a
-# counter here after the merge (labels: trigger). Until then publications are logged only.
-
-class DirectMetricsHook:
-    def published(self, volume_id: str, trigger: Trigger) -> None:
-        """Called once per NodePublishVolume that wrote or confirmed a direct volume."""
-
-    def unpublished(self, volume_id: str) -> None:
-        """Called once per NodeUnpublishVolume that removed a direct volume."""

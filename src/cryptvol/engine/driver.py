@@ -11,8 +11,9 @@ from typing import Literal
 from prometheus_client import CollectorRegistry
 
 from cryptvol.engine.controller import ControllerEngine
-from cryptvol.engine.direct import DirectMetricsHook, DirectTriggers
+from cryptvol.engine.direct import DirectTriggers
 from cryptvol.engine.locks import OperationLocks
+from cryptvol.engine.metrics import NodeMetrics, VolumeCollector
 from cryptvol.engine.node import NodeEngine
 from cryptvol.engine.publishing import PublishModes
 from cryptvol.errors import CryptvolError, Unavailable
@@ -64,8 +65,7 @@ class DriverSettings:
 
 class Driver:
     def __init__(
-        self, settings: DriverSettings, registry: CollectorRegistry | None = None,
-        direct_metrics: DirectMetricsHook | None = None,
+        self, settings: DriverSettings, registry: CollectorRegistry | None = None
     ) -> None:
         """`registry`: the process's Prometheus registry (a private one when not given)."""
         self.settings = settings
@@ -99,6 +99,8 @@ class Driver:
                                role="controller" if controls else "node",
                                report=controls).start()
         self.volumes = VolumeRepository(self.store)
+        if registry is not None:
+            registry.register(VolumeCollector(self.volumes))
         # One lock table for both services: a node and a controller operation on the same
         # volume in this process must not interleave either.
         self.locks = OperationLocks()
@@ -111,7 +113,7 @@ class Driver:
         self.budget: MemoryBudget | None = None
         self.node = NodeEngine(
             self.volumes, self.keys, self.pools, settings.node_id, self.locks, modes, direct,
-            direct_metrics=direct_metrics,
+            metrics=NodeMetrics(registry),
         )
         # Said once the start can no longer fail on its own settings or store.
         log.info("kata direct volumes", extra={"api": direct.describe(),

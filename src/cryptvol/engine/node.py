@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import stat
+import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
@@ -17,7 +18,6 @@ from typing import Protocol
 
 from cryptvol.engine.direct import (
     NOT_READ,
-    DirectMetricsHook,
     DirectTriggers,
     PodVerdict,
     Trigger,
@@ -26,6 +26,7 @@ from cryptvol.engine.direct import (
 )
 from cryptvol.engine.ids import is_volume_id
 from cryptvol.engine.locks import OperationLocks
+from cryptvol.engine.metrics import NodeMetrics
 from cryptvol.engine.publishing import PublishModes
 from cryptvol.engine.sizes import LUKS2_HEADER_BYTES, capacity_for
 from cryptvol.engine.types import Capability
@@ -83,12 +84,12 @@ class NodeEngine:
         direct: DirectTriggers,
         budget: UnlockBudget | None = None,
         budget_timeout: float = 60.0,
-        direct_metrics: DirectMetricsHook | None = None,
+        metrics: NodeMetrics | None = None,
     ) -> None:
         self.volumes = volumes
         self.modes = modes
         self.direct = direct
-        self.direct_metrics = direct_metrics or DirectMetricsHook()
+        self.metrics = metrics or NodeMetrics()
         self.keys = keys
         self.pools = pools
         self.node_id = node_id
@@ -159,15 +160,21 @@ class NodeEngine:
     def _open(self, record: VolumeRecord, device: str, name: str, key: Secret) -> None:
         luks_plan = _plan_of(record)
         formatted = cryptsetup.is_luks(device)
-        with self._reserve(record, device if formatted else None):
+        waiting = time.monotonic()
+        reservation = self._reserve(record, device if formatted else None)
+        with reservation:
+            if not isinstance(reservation, nullcontext):
+                self.metrics.waited_for_budget(time.monotonic() - waiting)
             if not formatted:
                 require_blank(device)
                 cryptsetup.format_device(device, key, luks_plan.format)
                 failpoints.reached("stage:after-format")
                 write_policy_token(device, parse_luks_parameters(record.parameters),
                                    luks_plan)
+            opening = time.monotonic()
             with _explain_wrong_key(record):
                 cryptsetup.open_device(device, name, key, luks_plan.open)
+            self.metrics.unlocked(str(luks_plan.format.pbkdf), time.monotonic() - opening)
             failpoints.reached("stage:after-open")
 
     def _reserve(self, record: VolumeRecord, formatted: str | None
@@ -238,7 +245,7 @@ class NodeEngine:
                 log.info("kata direct volume published", extra={
                     "volume": volume_id, "trigger": direct, "target": target_path,
                     "handler": pod.handler})
-                self.direct_metrics.published(volume_id, direct)
+                self.metrics.published_direct(volume_id, direct)
 
     # --- NodeUnpublishVolume ----------------------------------------------------------------
     def unpublish(self, volume_id: str, target_path: str) -> None:
@@ -249,7 +256,7 @@ class NodeEngine:
                     if mode is self.modes.kata:
                         log.info("kata direct volume unpublished",
                                  extra={"volume": volume_id, "target": target_path})
-                        self.direct_metrics.unpublished(volume_id)
+                        self.metrics.unpublished_direct(volume_id)
                     break
 
     # --- NodeExpandVolume -------------------------------------------------------------------

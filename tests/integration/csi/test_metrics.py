@@ -10,6 +10,7 @@ import grpc
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from cryptvol.csi.client import mount_capability
 from cryptvol.csi.gen import csi_pb2 as pb
 from support.driver import RunningDriver
 from support.etcd_cluster import free_port
@@ -34,6 +35,9 @@ def test_rpc_counts_latency_and_key_metrics_are_scraped(tmp_path):
             client.identity.GetPluginInfo(pb.GetPluginInfoRequest())
         with pytest.raises(grpc.RpcError):
             client.controller.DeleteVolume(pb.DeleteVolumeRequest(volume_id=""))
+        client.controller.CreateVolume(pb.CreateVolumeRequest(
+            name="counted", capacity_range=pb.CapacityRange(required_bytes=32 * 1024 * 1024),
+            volume_capabilities=[mount_capability("ext4")]))
         seen = scrape(address)
     finally:
         assert running.stop() == 0
@@ -50,6 +54,10 @@ def test_rpc_counts_latency_and_key_metrics_are_scraped(tmp_path):
     assert value("cryptvol_keys_ready") == 1
     assert value("cryptvol_keys_rotation_stage", stage="start") == 1
     assert ("process_resident_memory_bytes", ()) in seen
+    assert value("cryptvol_volumes", state="ready", pool="default") == 1
+    for trigger in ("storageclass", "pvc-annotation", "runtime-class"):
+        assert value("cryptvol_direct_volumes", trigger=trigger) == 0
+    assert ("cryptvol_unlock_budget_wait_seconds_count", ()) in seen
 
 
 def test_a_bad_metrics_address_is_refused_before_serving(tmp_path):
