@@ -6,7 +6,15 @@ import sys
 
 import click
 
-from cryptvol.vm import VmError, VmUnavailable, doctor, ensure_parts, run_in_vm
+from cryptvol.vm import (
+    VmError,
+    VmUnavailable,
+    doctor,
+    ensure_parts,
+    resolve_cache_dir,
+    run_in_vm,
+)
+from cryptvol.vm.parts import resolve_kernel_release
 
 # The exit code when the VM itself failed, so it is not mistaken for the command's.
 VM_FAILED_EXIT = 125
@@ -74,6 +82,16 @@ def run_command(
         click.echo(f"cryptvol vm run: {exc}", err=True)
         sys.exit(VM_FAILED_EXIT)
     sys.exit(code)
+
+
+@vm_group.command("kernel-release")
+def kernel_release_command() -> None:
+    """Print the release of the kernel the VM boots (what its modules are built for)."""
+    try:
+        click.echo(resolve_kernel_release(resolve_cache_dir()))
+    except VmUnavailable as exc:
+        click.echo(f"cryptvol vm kernel-release: {exc}", err=True)
+        sys.exit(1)
 
 
 @vm_group.command("doctor")
