@@ -19,7 +19,8 @@ from cryptvol.vm.parts import resolve_kernel_release
 # The exit code when the VM itself failed, so it is not mistaken for the command's.
 VM_FAILED_EXIT = 125
 # Parts whose absence is information, not a fault.
-_INFORMATIONAL = {"kernel cached", "initramfs cached", "kvm usable", "dm-crypt on host"}
+_INFORMATIONAL = {"kernel cached", "initramfs cached", "zfs module cached", "kvm usable",
+                  "dm-crypt on host"}
 
 
 @click.group("vm")
