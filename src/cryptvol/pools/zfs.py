@@ -26,20 +26,13 @@ and destroys each hidden volume that no snapshot holds any more. Promotion was n
 moves snapshots to the clone and renames them, so a snapshot's name would depend on which of
 its relatives were deleted first.
 
-The node side needs no udev: a zvol's device is found by asking each /dev/zdN for its
-dataset name (the BLKZNAME ioctl), and its node is made from sysfs when /dev has none.
+The node side needs no udev: see `zvol_devices`.
 """
 
 from __future__ import annotations
 
-import errno
-import fcntl
-import os
 import re
-import stat
-import time
 from dataclasses import dataclass
-from pathlib import Path
 
 from cryptvol.errors import FailedPrecondition, NotFound, ResourceExhausted
 from cryptvol.pools.base import (
@@ -50,6 +43,7 @@ from cryptvol.pools.base import (
     PoolSpace,
     WriteState,
 )
+from cryptvol.pools.zvol_devices import ZvolDevices, held
 from cryptvol.system import CommandError, run, run_pipeline
 from cryptvol.system.devices import device_size
 
@@ -67,10 +61,6 @@ _DATASET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]*(/[A-Za-z0-9_.:-]+)*$")
 _DELETED = ":deleted:"
 _RECEIVING = ":recv"
 _COPY_POINT = "copy:"
-# ioctl BLKZNAME = _IOR(0x12, 125, char[ZFS_MAX_DATASET_NAME_LEN = 256]): a zvol's name.
-_NAME_LEN = 256
-_BLKZNAME = (2 << 30) | (_NAME_LEN << 16) | (0x12 << 8) | 125
-_DEVICE_WAIT = 30.0
 _SEND_TIMEOUT = 3600.0
 _ZFS_TIMEOUT = 120.0
 
@@ -257,8 +247,9 @@ def _explained(exc: CommandError) -> Exception:
 
 
 class ZfsProvisioner:
-    def __init__(self, dataset: ZfsDataset) -> None:
+    def __init__(self, dataset: ZfsDataset, devices: ZvolDevices) -> None:
         self.ds = dataset
+        self.devices = devices
 
     def create(self, volume_id: str, size_bytes: int) -> None:
         name = self.ds.volume(volume_id)
@@ -295,6 +286,7 @@ class ZfsProvisioner:
             # Its snapshots (or clones of them) still live: free the id now, the storage
             # when the last of them goes.
             hidden = f"{name}{_DELETED}{entry['guid']}"
+            self.devices.forget(name)
             self.ds.zfs("rename", name, hidden)
             self.ds.zfs("set", "volmode=none", hidden)
             return
@@ -318,8 +310,8 @@ class ZfsProvisioner:
         return size_bytes
 
     def in_use(self, volume_id: str) -> bool:
-        device = ZvolDevices().find(self.ds.volume(volume_id))
-        return device is not None and _held(device)
+        device = self.devices.find(self.ds.volume(volume_id))
+        return device is not None and held(device)
 
     def space(self) -> PoolSpace:
         state = self.ds.keyed(self.ds.list(self.ds.name))
@@ -462,96 +454,17 @@ class ZfsProvisioner:
                 self.ds.zfs("set", f"keylocation={key_location}", partial)
         # The stream's snapshot came along; the copy needs none.
         self.ds.zfs("destroy", f"{partial}@{origin['name'].partition('@')[2]}")
+        self.devices.forget(partial)
         self.ds.zfs("rename", partial, target)
-
-
-def _held(device: str) -> bool:
-    """Whether something holds the device: a dm-crypt mapping over it, or a mount."""
-    name = os.path.basename(os.path.realpath(device))
-    holders = Path(f"/sys/class/block/{name}/holders")
-    if holders.is_dir() and any(holders.iterdir()):
-        return True
-    try:
-        fd = os.open(device, os.O_RDONLY | os.O_EXCL)
-    except OSError as exc:
-        if exc.errno == errno.EBUSY:
-            return True
-        raise
-    os.close(fd)
-    return False
-
-
-class ZvolDevices:
-    """Which /dev/zdN is which zvol, with or without udev.
-
-    udev's /dev/zvol/POOL/NAME links are used when present and confirmed; otherwise each
-    zd device in sysfs is asked its dataset name. A device node missing from `dev_dir` (no
-    devtmpfs) is made from the numbers sysfs gives."""
-
-    def __init__(self, dev_dir: Path = Path("/dev"), sys_block: Path = Path("/sys/block")):
-        self.dev_dir = dev_dir
-        self.sys_block = sys_block
-
-    def find(self, dataset: str) -> str | None:
-        link = self.dev_dir / "zvol" / dataset
-        if link.exists():
-            resolved = os.path.realpath(link)
-            if _zvol_name(resolved) == dataset:
-                return resolved
-        for entry in sorted(self.sys_block.glob("zd*")):
-            node = self._node(entry)
-            if node is not None and _zvol_name(node) == dataset:
-                return node
-        return None
-
-    def wait(self, dataset: str, timeout: float = _DEVICE_WAIT) -> str:
-        """The zvol's device, once ZFS made it (minors appear asynchronously)."""
-        deadline = time.monotonic() + timeout
-        while (device := self.find(dataset)) is None:
-            if time.monotonic() > deadline:
-                raise FailedPrecondition(
-                    f"zvol {dataset} has no block device after {timeout:g} s; check its "
-                    "volmode (dev) and the zvol_inhibit_dev module parameter (0)"
-                )
-            time.sleep(0.05)
-        return device
-
-    def _node(self, entry: Path) -> str | None:
-        node = self.dev_dir / entry.name
-        if node.exists():
-            return str(node)
-        try:
-            major, minor = (int(n) for n in (entry / "dev").read_text().split(":"))
-            os.mknod(node, 0o600 | stat.S_IFBLK, os.makedev(major, minor))
-        except FileExistsError:
-            pass
-        except (OSError, ValueError):
-            return None  # gone between the listing and now
-        return str(node)
-
-
-def _zvol_name(device: str) -> str | None:
-    try:
-        fd = os.open(device, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return None
-    try:
-        buf = bytearray(_NAME_LEN)
-        fcntl.ioctl(fd, _BLKZNAME, buf)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-    return bytes(buf).split(b"\0", 1)[0].decode(errors="replace")
 
 
 class ZfsAttacher:
     """A zvol is a block device for as long as it exists: attaching waits for its device
     node, and detaching has nothing to undo."""
 
-    def __init__(self, dataset: ZfsDataset, devices: ZvolDevices | None = None) -> None:
+    def __init__(self, dataset: ZfsDataset, devices: ZvolDevices) -> None:
         self.ds = dataset
-        self.devices = devices or ZvolDevices()
+        self.devices = devices
 
     def attach(self, volume_id: str) -> str:
         name = self.ds.volume(volume_id)
@@ -609,6 +522,8 @@ def open_pool(name: str, location: str) -> Pool:
             f"a zfs pool needs a dataset name like tank/cryptvol, not {location!r}"
         )
     dataset = ZfsDataset(name, location)
+    devices = ZvolDevices()
     return Pool(name=name, kind=KIND, location=location, capabilities=CAPABILITIES,
-                provisioner=ZfsProvisioner(dataset), node=ZfsAttacher(dataset),
+                provisioner=ZfsProvisioner(dataset, devices),
+                node=ZfsAttacher(dataset, devices),
                 encryption=lambda: encryption_of(dataset))

@@ -11,7 +11,7 @@ import pytest
 
 from cryptvol.csi.client import CsiClient
 from cryptvol.csi.gen import csi_pb2 as pb
-from cryptvol.pools.zfs import ZvolDevices
+from cryptvol.pools.zvol_devices import ZvolDevices
 from support.co import MIB, capability, create_volume
 from support.driver import RunningDriver
 from support.zfs import ZfsTestPool, datasets_under, zfs, zfs_get

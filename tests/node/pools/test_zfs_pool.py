@@ -15,9 +15,11 @@ import pytest
 
 from cryptvol.cli.doctor import pool_checks
 from cryptvol.errors import FailedPrecondition, NotFound
+from cryptvol.pools import zvol_devices
 from cryptvol.pools.base import CopySource, Pool, WriteState
 from cryptvol.pools.registry import parse_pool_spec
-from cryptvol.pools.zfs import STORE_PROPERTY, ZvolDevices, open_pool
+from cryptvol.pools.zfs import STORE_PROPERTY, open_pool
+from cryptvol.pools.zvol_devices import ZvolDevices
 from cryptvol.system import CommandError, run_pipeline
 from cryptvol.system.devices import device_size
 from support.zfs import ZfsTestPool, datasets_under, zfs, zfs_get
@@ -150,20 +152,31 @@ def test_the_pool_lists_its_volumes_and_keeps_the_store_identity(
     assert not [n for n in datasets_under(zfs_pool.plain) if a in n or b in n]
 
 
-def test_a_zvol_device_is_found_where_dev_has_no_node_for_it(
-    plain: Pool, zfs_pool: ZfsTestPool, tmp_path: Path
+def test_a_zvol_device_is_found_where_dev_has_no_node_for_it_asking_each_device_once(
+    plain: Pool, zfs_pool: ZfsTestPool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Without devtmpfs nothing makes /dev/zdN: the pool makes the node from sysfs."""
-    vid = new_id("nodes")
-    plain.provisioner.create(vid, 16 * MIB)
+    """Without devtmpfs nothing makes /dev/zdN: the pool makes the node from sysfs. And it
+    opens another zvol's device only once: an open zvol cannot be destroyed."""
+    a, b = new_id("nodes"), new_id("other")
+    plain.provisioner.create(a, 16 * MIB)
+    plain.provisioner.create(b, 16 * MIB)
     try:
         devices = ZvolDevices(dev_dir=tmp_path)
-        found = devices.wait(f"{zfs_pool.plain}/{vid}")
+        found = devices.wait(f"{zfs_pool.plain}/{a}")
         assert Path(found).parent == tmp_path
         assert stat.S_ISBLK(os.stat(found).st_mode)
-        assert os.stat(found).st_rdev == os.stat(plain.node.attach(vid)).st_rdev
+        assert os.stat(found).st_rdev == os.stat(plain.node.attach(a)).st_rdev
+
+        other = devices.wait(f"{zfs_pool.plain}/{b}")
+        asked: list[str] = []
+        real = zvol_devices._zvol_name
+        monkeypatch.setattr(zvol_devices, "_zvol_name",
+                            lambda device: asked.append(device) or real(device))
+        assert devices.find(f"{zfs_pool.plain}/{a}") == found
+        assert other not in asked
     finally:
-        plain.provisioner.delete(vid)
+        for vid in (a, b):
+            plain.provisioner.delete(vid)
 
 
 def test_a_snapshot_and_each_copy_hold_the_bytes_of_their_moment(

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from cryptvol.errors import InvalidArgument, NotFound
-from cryptvol.pools import zfs
+from cryptvol.pools import zfs, zvol_devices
 from cryptvol.pools.registry import open_pools, parse_pool_spec
 
 
@@ -38,4 +38,4 @@ def test_volume_and_snapshot_names_live_under_the_dataset() -> None:
 
 def test_blkzname_is_the_ioctl_zfs_defines() -> None:
     # _IOR(0x12, 125, char[256]) as <sys/fs/zfs.h> defines it.
-    assert zfs._BLKZNAME == 0x8100127D
+    assert zvol_devices.BLKZNAME == 0x8100127D
