@@ -11,6 +11,7 @@ import yaml
 
 from cryptvol import DRIVER_NAME
 from cryptvol.engine.parameters import parse_parameters
+from cryptvol.pools.registry import open_pools, parse_pool_spec
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "docs" / "examples" / "passphrase-storageclass.yaml"
 SECRET_REFS = [
@@ -46,3 +47,14 @@ def test_the_storageclass_parameters_pass_the_drivers_validation():
     parsed = parse_parameters({k: str(v) for k, v in params.items() if k not in SECRET_REFS})
     assert parsed.key_source == "secret"
     assert parsed.luks.pbkdf == "argon2id"
+
+
+def test_the_zfs_storageclass_names_the_pool_its_comment_configures():
+    text = (EXAMPLE.parent / "zfs-storageclass.yaml").read_text()
+    sc = yaml.safe_load(text)
+    assert sc["provisioner"] == DRIVER_NAME and sc["allowVolumeExpansion"] is True
+    parsed = parse_parameters({k: str(v) for k, v in sc["parameters"].items()})
+    spec_text = text.split("--pool ", 1)[1].split()[0]
+    spec = parse_pool_spec(spec_text)
+    assert (spec.name, spec.kind) == (parsed.pool, "zfs")
+    assert open_pools([spec]).get(parsed.pool).location == "tank/cryptvol"
