@@ -16,6 +16,8 @@ import pytest
 
 from cryptvol.system import run
 from cryptvol.system.runner import CommandError
+from cryptvol.vm import VmUnavailable
+from support.zfs import ZfsTestPool, zfs_test_pool
 
 MIB = 1024 * 1024
 
@@ -76,3 +78,17 @@ def mount_point(tmp_path: Path) -> Iterator[Path]:
     if os.path.ismount(target):
         with contextlib.suppress(CommandError):
             run(["umount", str(target)], timeout=60)
+
+
+@pytest.fixture(scope="session")
+def zfs_pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ZfsTestPool]:
+    """A real zpool for the whole session, with a plain and an encrypted dataset (see
+    support.zfs). Where ZFS cannot be loaded this skips, except in CI, where it fails."""
+    with contextlib.ExitStack() as stack:
+        try:
+            pool = stack.enter_context(zfs_test_pool(tmp_path_factory.mktemp("zfs")))
+        except (VmUnavailable, CommandError) as exc:
+            if os.environ.get("CI"):
+                pytest.fail(f"ZFS is not usable in the test VM, and CI must not skip: {exc}")
+            pytest.skip(f"ZFS is not usable here: {exc}")
+        yield pool

@@ -15,6 +15,7 @@ from cryptvol import DRIVER_NAME
 from cryptvol.engine.direct import ANNOTATION
 from cryptvol.engine.parameters import parse_parameters
 from cryptvol.mounts.kata_defaults import RUNTIME_HANDLERS
+from cryptvol.pools.registry import parse_pool_spec
 
 ROOT = Path(__file__).resolve().parents[2]
 STORAGECLASSES = ROOT / "deploy" / "kubernetes" / "base" / "storageclasses.yaml"
@@ -138,3 +139,16 @@ def test_the_kata_example_and_the_manifests_wire_all_three_triggers_and_their_rb
                if "get" in rule["verbs"] for g in rule["apiGroups"] for r in rule["resources"]}
     assert granted >= {("", "persistentvolumeclaims"), ("", "pods"),
                        ("node.k8s.io", "runtimeclasses")}
+
+
+def test_each_pool_component_configures_the_pool_its_storageclass_names():
+    for component in ("pool-zfs",):
+        folder = ROOT / "deploy" / "kubernetes" / "components" / component
+        sc = yaml.safe_load((folder / "storageclass.yaml").read_text())
+        assert sc["provisioner"] == DRIVER_NAME and sc["allowVolumeExpansion"] is True
+        parsed = parse_parameters({k: str(v) for k, v in sc["parameters"].items()})
+        kustomization = yaml.safe_load((folder / "kustomization.yaml").read_text())
+        (arg,) = [p["value"] for patch in kustomization["patches"]
+                  for p in yaml.safe_load(patch["patch"])]
+        spec = parse_pool_spec(arg.removeprefix("--pool="))
+        assert (spec.name, spec.kind) == (parsed.pool, component.removeprefix("pool-"))

@@ -1,21 +1,29 @@
-"""`cryptvol doctor`: what this host's cryptsetup and kernel can do, and what to fix.
+"""`cryptvol doctor`: what this host's cryptsetup, kernel and pools can do, and what to fix.
 
 One line per finding with a verdict (ok, warn, fail; skip for a check that needs what
-failed) and, for each problem, what to do; then the overall verdict. `--json` prints the
-same, plus the raw probe (the one the driver caches).
+failed) and, for each problem, what to do; then the overall verdict. Pools are the ones
+`cryptvol serve` would configure (`--pool`, `--pool-dir`, `--config`, or their CRYPTVOL_*
+variables): each is reported with its free space and the encryption it applies beneath
+LUKS2, if any. `--json` prints the same, plus the raw probe (the one the driver caches).
 Exit code: 0 when nothing failed, 1 when a check failed (the driver cannot work here).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import click
 
+from cryptvol.errors import CryptvolError
+
 if TYPE_CHECKING:  # imported where used: the CLI starts faster without pydantic's models
     from cryptvol.luks.probe import HostProbe
+    from cryptvol.pools.base import Pool
+    from cryptvol.pools.registry import PoolSpec
 
 Verdict = Literal["ok", "warn", "fail", "skip"]
 
@@ -141,6 +149,57 @@ def verdict_line(found: list[Check]) -> str:
     return "verdict: OK"
 
 
+# What LUKS2 over a natively encrypted ZFS dataset costs, stated rather than measured on
+# each node (doctor writes nothing to a pool). bench/bench_zfs.py measures it in the VM.
+DOUBLE_ENCRYPTION_COST = (
+    "LUKS2 on top encrypts every block twice (dm-crypt AES-XTS, then ZFS {cipher}): about "
+    "twice the CPU per byte written or read, for no added secrecy; ZFS compression and "
+    "dedup see only ciphertext either way. Prefer a dataset without native encryption for "
+    "cryptvol pools (bench/bench_zfs.py measures the cost)"
+)
+
+
+def pool_checks(specs: Sequence[PoolSpec]) -> list[Check]:
+    """One line per configured pool (what it is, its space) and, where the pool can encrypt
+    beneath LUKS, one on that encryption."""
+    if not specs:
+        return [Check("pools", "none given", "ok",
+                      "pass the driver's --pool/--pool-dir/--config to check its pools")]
+    from cryptvol.pools.registry import open_pools
+
+    try:
+        pools = open_pools(specs).all()
+    except CryptvolError as exc:
+        return [Check("pools", "cannot be opened", "fail", str(exc))]
+    found = []
+    for pool in pools:
+        found.extend(_pool_checks(pool))
+    return found
+
+
+def _pool_checks(pool: Pool) -> list[Check]:
+    label = f"pool {pool.name}"
+    what = f"{pool.kind}:{pool.location}"
+    try:
+        space = pool.provisioner.space()
+    except CryptvolError as exc:
+        return [Check(label, what, "fail", str(exc))]
+    found = [Check(label, f"{what}, {space.free_bytes // 2**20} MiB free", "ok")]
+    if pool.encryption is None:
+        return found
+    state = pool.encryption()
+    name = f"{label} encryption"
+    if state.cipher == "off":
+        found.append(Check(name, "none beneath LUKS2", "ok"))
+    elif not state.key_loaded:
+        found.append(Check(name, f"{state.cipher} (root {state.root}, key not loaded)", "fail",
+                           f"run `zfs load-key {state.root}`"))
+    else:
+        found.append(Check(name, f"{state.cipher} (root {state.root}, key loaded)", "warn",
+                           DOUBLE_ENCRYPTION_COST.format(cipher=state.cipher)))
+    return found
+
+
 def render_table(found: list[Check]) -> str:
     labels = [f"{c.name}: {c.value}" for c in found]
     width = min(max(len(label) for label in labels), 72)
@@ -153,14 +212,36 @@ def render_table(found: list[Check]) -> str:
     return "\n".join(lines)
 
 
+def _load_defaults(ctx: click.Context, _param: click.Parameter, value: Path | None) -> None:
+    from cryptvol.cli.config import load_config_file
+
+    if value is not None:
+        table = load_config_file(value)
+        ctx.default_map = {k: v for k, v in table.items() if k in ("pool", "pool_dir")}
+
+
 @click.command("doctor")
 @click.option("--json", "as_json", is_flag=True, help="print the probe and checks as JSON")
-def doctor_command(as_json: bool) -> None:
-    """Probe this host for what cryptvol needs and say what to fix."""
+@click.option("--config", type=click.Path(path_type=Path, dir_okay=False),
+              envvar="CRYPTVOL_CONFIG", callback=_load_defaults, is_eager=True,
+              expose_value=False, help="The driver's TOML file; its pools are checked.")
+@click.option("--pool", envvar="CRYPTVOL_POOL", multiple=True,
+              help="A pool as `cryptvol serve` takes it (NAME=KIND:LOCATION); repeatable.")
+@click.option("--pool-dir", envvar="CRYPTVOL_POOL_DIR", type=click.Path(path_type=Path),
+              default=None, help="The driver's one loop pool, as `cryptvol serve` takes it.")
+def doctor_command(as_json: bool, pool: tuple[str, ...], pool_dir: Path | None) -> None:
+    """Probe this host and the driver's pools for what cryptvol needs and say what to fix."""
+    from cryptvol.cli.config import ServeSettings
     from cryptvol.luks.probe import probe_host
 
     host = probe_host()
     found = checks(host)
+    try:
+        specs = ServeSettings(pool=tuple(pool), pool_dir=pool_dir).pool_specs() \
+            if pool or pool_dir else ()
+    except CryptvolError as exc:
+        raise click.UsageError(str(exc)) from None
+    found += pool_checks(specs)
     if as_json:
         click.echo(json.dumps({
             "verdict": overall(found),

@@ -9,7 +9,8 @@ import click
 # The exit code when the VM itself failed, so it is not mistaken for the command's.
 VM_FAILED_EXIT = 125
 # Parts whose absence is information, not a fault.
-_INFORMATIONAL = {"kernel cached", "initramfs cached", "kvm usable", "dm-crypt on host"}
+_INFORMATIONAL = {"kernel cached", "initramfs cached", "zfs module cached", "kvm usable",
+                  "dm-crypt on host"}
 
 
 @click.group("vm")
@@ -74,6 +75,19 @@ def run_command(
         click.echo(f"cryptvol vm run: {exc}", err=True)
         sys.exit(VM_FAILED_EXIT)
     sys.exit(code)
+
+
+@vm_group.command("kernel-release")
+def kernel_release_command() -> None:
+    """Print the release of the kernel the VM boots (what its modules are built for)."""
+    from cryptvol.vm import VmUnavailable, resolve_cache_dir
+    from cryptvol.vm.parts import resolve_kernel_release
+
+    try:
+        click.echo(resolve_kernel_release(resolve_cache_dir()))
+    except VmUnavailable as exc:
+        click.echo(f"cryptvol vm kernel-release: {exc}", err=True)
+        sys.exit(1)
 
 
 @vm_group.command("doctor")

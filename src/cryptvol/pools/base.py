@@ -9,7 +9,9 @@ combination that cannot work) before anything is written.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from enum import Enum
 from typing import Protocol
 
 
@@ -23,6 +25,9 @@ class PoolCapabilities:
     clone: bool
     # A volume can be filled by copying another's blocks through the node.
     block_copy: bool
+    # Copies share blocks with the snapshot they came from, so a volume deleted while its
+    # snapshots' copies live keeps its storage (hidden) until the last of them goes.
+    dependent_clones: bool = False
 
 
 @dataclass(frozen=True)
@@ -34,9 +39,32 @@ class CopySource:
 
 
 @dataclass(frozen=True)
+class PoolEncryption:
+    """Encryption a pool applies itself, beneath every volume's LUKS2 (ZFS native
+    encryption): `cipher` is "off" where there is none."""
+
+    cipher: str
+    # Where the pool's key is managed (ZFS: the encryption root), and whether it is loaded.
+    root: str = ""
+    key_loaded: bool = True
+
+
+@dataclass(frozen=True)
 class PoolSpace:
     total_bytes: int
     free_bytes: int
+
+
+class WriteState(Enum):
+    """What a pool knows of whether a backing volume was ever written."""
+
+    # Nothing was ever written: no block of it is allocated (a hole-only loop file, a thin
+    # LV with no mapped block, a zvol that has written nothing). It reads as zeros.
+    NEVER = "never"
+    # Something was written, if only zeros: its content must be read to know more.
+    WRITTEN = "written"
+    # The pool cannot tell (e.g. a thick volume): its content must be read.
+    UNKNOWN = "unknown"
 
 
 class Provisioner(Protocol):
@@ -113,3 +141,5 @@ class Pool:
     capabilities: PoolCapabilities
     provisioner: Provisioner
     node: NodeAttacher
+    # Pools that can encrypt beneath LUKS say how they are set up now (doctor reports it).
+    encryption: Callable[[], PoolEncryption] | None = None

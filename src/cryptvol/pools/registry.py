@@ -18,11 +18,19 @@ from cryptvol.pools.base import Pool
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 # Each kind opens its pool from the location text; a kind's module is imported only when a
 # pool of that kind is configured.
+def _open_zfs(name: str, location: str) -> Pool:
+    from cryptvol.pools import zfs
+
+    return zfs.open_pool(name, location)
+
+
 _OPENERS: dict[str, Callable[[str, str], Pool]] = {
     loop.KIND: loop.open_pool,
+    "zfs": _open_zfs,
 }
 _LOCATION_HELP = {
     loop.KIND: "loop:/ABSOLUTE/DIR",
+    "zfs": "zfs:POOL/DATASET",
 }
 
 

@@ -23,6 +23,7 @@ from typing import BinaryIO
 
 from cryptvol.system import process
 from cryptvol.system.runner import command_env
+from cryptvol.vm import zfs_module
 from cryptvol.vm.errors import VmError, VmUnavailable
 from cryptvol.vm.guest_init import CONTROL_DIR, HOSTROOT_TAG, WORK_TAG
 from cryptvol.vm.parts import Parts, ensure_parts
@@ -84,8 +85,9 @@ def run_in_vm(
     owns_work = work_dir is None
     work = Path(tempfile.mkdtemp(prefix="cryptvol-vm-")) if work_dir is None else Path(work_dir)
     work = work.resolve()
+    env = {**zfs_module.guest_env(parts.zfs), **(env or {})}
     try:
-        ctl = _prepare_control(work, argv, Path(cwd or os.getcwd()).resolve(), env or {})
+        ctl = _prepare_control(work, argv, Path(cwd or os.getcwd()).resolve(), env)
         return _boot_and_wait(parts, ctl, work, argv, timeout, out, err, memory_mib, accel,
                               cancel or threading.Event())
     finally:
