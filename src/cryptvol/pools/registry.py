@@ -12,18 +12,23 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from cryptvol.errors import FailedPrecondition, InvalidArgument
-from cryptvol.pools import loop
+from cryptvol.pools import loop, lvmthin
 from cryptvol.pools.base import Pool
 
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
-# Each kind opens its pool from the location text; a kind's module is imported only when a
-# pool of that kind is configured.
+# Each kind opens its pool from the location text.
 _OPENERS: dict[str, Callable[[str, str], Pool]] = {
     loop.KIND: loop.open_pool,
+    lvmthin.KIND: lvmthin.open_pool,
 }
 _LOCATION_HELP = {
     loop.KIND: "loop:/ABSOLUTE/DIR",
+    lvmthin.KIND: "lvmthin:VG/THINPOOL",
 }
+
+
+def known_kinds() -> list[str]:
+    return sorted(_OPENERS)
 
 
 @dataclass(frozen=True)
@@ -49,7 +54,7 @@ def parse_pool_spec(text: str) -> PoolSpec:
         )
     if kind not in _OPENERS:
         raise InvalidArgument(
-            f"pool {name!r}: unknown kind {kind!r}; known kinds: {', '.join(sorted(_OPENERS))}"
+            f"pool {name!r}: unknown kind {kind!r}; known kinds: {', '.join(known_kinds())}"
         )
     return PoolSpec(name, kind, location)
 
