@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from cryptvol.errors import FailedPrecondition, InvalidArgument, NotFound
-from cryptvol.system import CommandError, run
+from cryptvol.system import CommandError, SecretFd, run
 from cryptvol.system.secret import Secret
 
 CRYPTSETUP = "cryptsetup"
@@ -48,12 +48,18 @@ class FormatOptions:
     label: str | None = None
 
     def argv(self) -> list[str]:
-        args = [
-            "--cipher", self.cipher,
-            "--key-size", str(self.key_size),
-            "--hash", self.hash,
-            "--pbkdf", self.pbkdf,
-        ]
+        args = ["--cipher", self.cipher, "--key-size", str(self.key_size),
+                *self.keyslot_argv()]
+        if self.sector_size is not None:
+            args += ["--sector-size", str(self.sector_size)]
+        if self.label is not None:
+            args += ["--label", self.label]
+        return args
+
+    def keyslot_argv(self) -> list[str]:
+        """How a keyslot stretches its key: for luksFormat, and for every keyslot added
+        later (a new key, a reencryption's), so those cost what the plan says."""
+        args = ["--hash", self.hash, "--pbkdf", self.pbkdf]
         if self.pbkdf_memory_kib is not None and self.pbkdf != "pbkdf2":
             args += ["--pbkdf-memory", str(self.pbkdf_memory_kib)]
         if self.pbkdf_parallel is not None and self.pbkdf != "pbkdf2":
@@ -62,10 +68,6 @@ class FormatOptions:
             args += ["--pbkdf-force-iterations", str(self.pbkdf_force_iterations)]
         elif self.iter_time_ms is not None:
             args += ["--iter-time", str(self.iter_time_ms)]
-        if self.sector_size is not None:
-            args += ["--sector-size", str(self.sector_size)]
-        if self.label is not None:
-            args += ["--label", self.label]
         return args
 
 
@@ -151,6 +153,32 @@ def test_key(device: str, key: Secret) -> bool:
         secret=key.reveal(), check=False, timeout=300,
     )
     return result.returncode == 0
+
+
+def add_key(device: str, key: Secret, new_key: Secret, options: FormatOptions) -> None:
+    """Add a keyslot for `new_key`, authorized by `key`; both travel through pipes."""
+    try:
+        run(
+            [CRYPTSETUP, "luksAddKey", "--batch-mode", *options.keyslot_argv(),
+             "--key-file", SecretFd("key"), device, SecretFd("new")],
+            fd_secrets={"key": key.reveal(), "new": new_key.reveal()},
+            timeout=300,
+        )
+    except CommandError as exc:
+        if exc.returncode == EXIT_NO_PERMISSION:
+            raise WrongKey(f"the key does not unlock the LUKS2 header on {device}") from None
+        raise
+
+
+def remove_key(device: str, key: Secret) -> None:
+    """Remove the keyslot `key` opens; another keyslot must stay."""
+    try:
+        run([CRYPTSETUP, "luksRemoveKey", "--batch-mode", "--key-file=-", device],
+            secret=key.reveal(), timeout=300)
+    except CommandError as exc:
+        if exc.returncode == EXIT_NO_PERMISSION:
+            raise WrongKey(f"no keyslot on {device} opens with the key to remove") from None
+        raise
 
 
 def close_device(name: str) -> None:
