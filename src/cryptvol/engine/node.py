@@ -14,19 +14,22 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Protocol
 
+from cryptvol.engine.first_stage import FirstStage
 from cryptvol.engine.ids import is_volume_id
 from cryptvol.engine.locks import OperationLocks
 from cryptvol.engine.publishing import MODES, mode_for
+from cryptvol.engine.reencryptions import Reencryptions
 from cryptvol.engine.sizes import LUKS2_HEADER_BYTES, capacity_for
 from cryptvol.engine.types import Capability
 from cryptvol.errors import (
+    Aborted,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
     OutOfRange,
 )
 from cryptvol.keys.manager import KeyManager
-from cryptvol.luks import cryptsetup
+from cryptvol.luks import cryptsetup, reencrypt
 from cryptvol.luks.budget import CRYPTSETUP_PROCESS_KIB
 from cryptvol.luks.cryptsetup import FormatOptions, OpenOptions
 from cryptvol.luks.policy import LuksPlan, parse_luks_parameters
@@ -78,6 +81,8 @@ class NodeEngine:
         self.locks = locks
         self.budget = budget
         self.budget_timeout = budget_timeout
+        self.reencryptions = Reencryptions(on_finished=lambda v: self.first_stage.finished(v))
+        self.first_stage = FirstStage(volumes, keys, self.reencryptions)
 
     # --- keys -----------------------------------------------------------------------------
     def _key(self, record: VolumeRecord, secrets: Mapping[str, str], purpose: str) -> Secret:
@@ -121,8 +126,13 @@ class NodeEngine:
             attacher = self._attacher(record)
             device = attacher.attach(volume_id)
             name = cryptsetup.mapping_name(volume_id)
+            if record.rekey:
+                record = self.first_stage.take_own_key(record, device, _plan_of(record).format)
+                key = self._key(record, secrets, "NodeStageVolume")
             if not cryptsetup.is_active(name):
                 self._open(record, device, name, key)
+            else:
+                self.first_stage.check_restage(record, name)
             self._fit_mapping(record, name, attacher.refresh(volume_id), lambda: key)
             opened = _opened(record, cap.fs_type)
             size = device_size(opened.device)
@@ -131,6 +141,7 @@ class NodeEngine:
                                 grow=record.node_capacity_bytes < size)
             if record.node_capacity_bytes != size:
                 self._record_node_capacity(volume_id, size)
+            self.first_stage.reencrypt(record, device, size, key, _plan_of(record).format)
 
     def _record_node_capacity(self, volume_id: str, size: int) -> None:
         def grown(r: VolumeRecord) -> VolumeRecord:
@@ -187,6 +198,10 @@ class NodeEngine:
     def unstage(self, volume_id: str, staging_path: str) -> None:
         with self.locks.hold(volume_id, "NodeUnstageVolume"):
             record = self._require(volume_id)
+            # A reencryption stops at a safe point and resumes at the next stage; one a crash
+            # interrupted is made safe to unmount and close first.
+            self.reencryptions.stop(volume_id)
+            reencrypt.release_interrupted(cryptsetup.mapping_name(volume_id))
             opened = _opened(record)
             for mode in MODES:
                 mode.unstage(opened, staging_path)
@@ -234,6 +249,9 @@ class NodeEngine:
             attacher = self._attacher(record)
             if attacher.attached_device(volume_id) is None:
                 raise FailedPrecondition(f"volume {volume_id} is not attached on this node")
+            if self.reencryptions.running(volume_id):
+                raise Aborted(f"volume {volume_id} is being reencrypted to a new volume key; "
+                              "it grows once that has finished")
             if target > record.capacity_bytes:
                 record = self._grow_backing(record, target)
             backing = attacher.refresh(volume_id)
@@ -271,8 +289,21 @@ class NodeEngine:
             opened = _opened(record)
             usage = next((u for m in MODES if (u := m.usage(opened, volume_path))), None)
         condition = _condition(open_, usage is not None)
+        reencryption = self.reencryptions.describe(volume_id)
+        if not reencryption and open_ and record.reencrypt == "pending":
+            reencryption = ("the reencryption to a new volume key has not finished; it "
+                            "resumes at the next stage")
+        if reencryption:
+            condition = f"{condition}; {reencryption}"
         return VolumeStats(usage or filesystem.Usage(0, 0, 0, 0, 0, 0), block,
                            usage is None, condition)
+
+
+def release_interrupted_reencryptions() -> None:
+    """At start: reencryptions a crash interrupted may have left I/O hanging on a suspended
+    device; let it fail instead, so the volume can be unstaged and staged again."""
+    for helper in sorted(cryptsetup.MAPPER_DIR.glob("cryptvol-*-hotzone-forward")):
+        reencrypt.release_interrupted(helper.name.removesuffix("-hotzone-forward"))
 
 
 def _opened(record: VolumeRecord, fs_type: str = "") -> OpenedVolume:
