@@ -29,7 +29,7 @@ def redacted(request: Message) -> Message:
 
 
 def _subject(request: Message) -> str:
-    for field in ("volume_id", "name"):
+    for field in ("volume_id", "snapshot_id", "source_volume_id", "name"):
         value = getattr(request, field, "")
         if value:
             return str(value)

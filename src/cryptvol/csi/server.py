@@ -65,7 +65,7 @@ class CsiServer:
         )
         if driver.serves_controller:
             csi_pb2_grpc.add_ControllerServicer_to_server(
-                ControllerServicer(driver.controller), self.server
+                ControllerServicer(driver.controller, driver.snapshots), self.server
             )
         if driver.serves_node:
             csi_pb2_grpc.add_NodeServicer_to_server(NodeServicer(driver.node), self.server)

@@ -10,7 +10,8 @@ from typing import Literal
 
 from cryptvol.engine.controller import ControllerEngine
 from cryptvol.engine.locks import OperationLocks
-from cryptvol.engine.node import NodeEngine
+from cryptvol.engine.node import NodeEngine, release_interrupted_reencryptions
+from cryptvol.engine.snapshots import SnapshotEngine
 from cryptvol.errors import CryptvolError, Unavailable
 from cryptvol.keys.config import KeysConfig, open_keys
 from cryptvol.keys.replica import Replica
@@ -18,7 +19,7 @@ from cryptvol.luks.budget import MemoryBudget
 from cryptvol.luks.probe import HostProbe, probe_host
 from cryptvol.pools.registry import PoolSpec, open_pools
 from cryptvol.state.nodes import save_host_probe
-from cryptvol.state.repository import VolumeRepository
+from cryptvol.state.repository import SnapshotRepository, VolumeRepository
 
 log = logging.getLogger(__name__)
 Role = Literal["all", "controller", "node"]
@@ -50,18 +51,24 @@ class Driver:
             # Controllers wrap new DEKs, so they take part in KEK rotation agreement.
             self.replica = Replica(self.keys, name=settings.node_id, role="controller").start()
         self.volumes = VolumeRepository(self.store)
+        snapshots = SnapshotRepository(self.store)
         # One lock table for both services: a node and a controller operation on the same
         # volume in this process must not interleave either.
         self.locks = OperationLocks()
         self._host: HostProbe | None = None
         self._probe_error = ""
         self.controller = ControllerEngine(
-            self.volumes, self.keys, self.pools, settings.node_id, self.locks, self.host
+            self.volumes, snapshots, self.keys, self.pools, settings.node_id, self.locks,
+            self.host
         )
+        self.snapshots = SnapshotEngine(self.volumes, snapshots, self.keys, self.pools,
+                                        settings.node_id, self.locks)
         self.budget: MemoryBudget | None = None
         self.node = NodeEngine(
             self.volumes, self.keys, self.pools, settings.node_id, self.locks
         )
+        if self.serves_node:
+            release_interrupted_reencryptions()
         # The probe runs cryptsetup a few times; the socket comes up meanwhile and Probe
         # answers not-ready until it is done.
         self._probed = threading.Event()
