@@ -57,19 +57,25 @@ def resolve(source: ContentSource, volumes: VolumeRepository,
     volume = volumes.get(source.id) if is_volume_id(source.id) else None
     if volume is None or volume.state != "ready":
         raise NotFound(f"volume {source.id} does not exist")
-    check_key_settled(volume, keys)
+    check_settled(volume, keys)
     return Origin(source, CopySource(volume.id), volume.id, volume.pool,
                   volume.capacity_bytes, volume.fs_type, volume.key_source,
                   volume.secret_key, volume.luks)
 
 
-def check_key_settled(volume: VolumeRecord, keys: KeyManager) -> None:
-    """A volume whose first stage was cut short between adding its own key and recording
-    it has two candidate keys; a copy taken then could get the wrong one."""
+def check_settled(volume: VolumeRecord, keys: KeyManager) -> None:
+    """Refuse to copy a volume whose own first stage has not settled its keys: cut short
+    between adding its own DEK and recording it, it has two candidate keys; while it is
+    reencrypted, its header is half one volume key, half the other."""
     if volume.key_source == "managed" and keys.pending_dek(volume.id) is not None:
         raise FailedPrecondition(
             f"volume {volume.id} is replacing its data key (its first stage was interrupted); "
             "stage it once more, then copy it"
+        )
+    if volume.reencrypt == "pending" and volume.reencrypt_from:
+        raise FailedPrecondition(
+            f"volume {volume.id} is being reencrypted to its own volume key (cloneReencrypt; "
+            "its condition shows how far); snapshot or copy it once that has finished"
         )
 
 

@@ -130,7 +130,11 @@ class NodeEngine:
                 record = self.first_stage.take_own_key(record, device, _plan_of(record).format)
                 key = self._key(record, secrets, "NodeStageVolume")
             if not cryptsetup.is_active(name):
-                self._open(record, device, name, key)
+                if self._open(record, device, name, key) and record.reencrypt == "pending":
+                    # A copy of a never staged volume is blank: formatted now, its volume
+                    # key is its own already.
+                    self.first_stage.finished(volume_id)
+                    record = self.volumes.require(volume_id)
             else:
                 self.first_stage.check_restage(record, name)
             self._fit_mapping(record, name, attacher.refresh(volume_id), lambda: key)
@@ -149,7 +153,9 @@ class NodeEngine:
 
         self.volumes.update(volume_id, grown)
 
-    def _open(self, record: VolumeRecord, device: str, name: str, key: Secret) -> None:
+    def _open(self, record: VolumeRecord, device: str, name: str, key: Secret) -> bool:
+        """Open the volume's LUKS2 mapping, formatting a blank device first; return whether
+        it formatted."""
         luks_plan = _plan_of(record)
         formatted = cryptsetup.is_luks(device)
         with self._reserve(record, device if formatted else None):
@@ -162,6 +168,7 @@ class NodeEngine:
             with _explain_wrong_key(record):
                 cryptsetup.open_device(device, name, key, luks_plan.open)
             failpoints.reached("stage:after-open")
+        return not formatted
 
     def _reserve(self, record: VolumeRecord, formatted: str | None
                  ) -> AbstractContextManager[None]:

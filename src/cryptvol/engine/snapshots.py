@@ -78,7 +78,7 @@ class SnapshotEngine:
         volume = self._source(source_volume_id)
         pool = self._pool(volume.id, volume.pool)
         copies.check_can_copy(pool, pool.capabilities.snapshot, volume.id)
-        copies.check_key_settled(volume, self.keys)
+        copies.check_settled(volume, self.keys)
         record = SnapshotRecord(
             id=snapshot_id,
             name=name,

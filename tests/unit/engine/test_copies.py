@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from cryptvol.engine import copies
 from cryptvol.engine.parameters import parse_parameters, parse_snapshot_parameters
 from cryptvol.engine.sizes import MIB, copy_capacity
-from cryptvol.errors import InvalidArgument, OutOfRange
+from cryptvol.errors import FailedPrecondition, InvalidArgument, OutOfRange
+from cryptvol.keys.manager import open_local
 from cryptvol.pools.base import CopySource
-from cryptvol.state.records import ContentSource, LuksRecord
+from cryptvol.state.records import ContentSource, LuksRecord, VolumeRecord
 
 ORIGIN = copies.Origin(
     source=ContentSource(kind="snapshot", id="cs-1"),
@@ -59,3 +62,23 @@ def test_snapshot_classes_take_only_the_snapshotter_metadata() -> None:
     parse_snapshot_parameters({"csi.storage.k8s.io/volumesnapshot/name": "s"})
     with pytest.raises(InvalidArgument, match="'pool'"):
         parse_snapshot_parameters({"pool": "fast"})
+
+
+def _volume(**changes: object) -> VolumeRecord:
+    return VolumeRecord(id="cv-1", name="pvc-1", capacity_bytes=MIB, backing_bytes=17 * MIB,
+                        parameters={}, fs_type="ext4", key_source="managed", node_id="n",
+                        luks=ORIGIN.luks).model_copy(update=changes)
+
+
+def test_a_volume_is_copied_only_once_its_own_keys_are_settled(tmp_path: Path) -> None:
+    store, keys = open_local(tmp_path)
+    keys.create_dek("cv-1")
+    copies.check_settled(_volume(), keys)
+    # A copy not yet reencrypted is still its source's ciphertext: it copies like one.
+    copies.check_settled(_volume(reencrypt="pending"), keys)
+    with pytest.raises(FailedPrecondition, match="being reencrypted"):
+        copies.check_settled(_volume(reencrypt="pending", reencrypt_from="digest"), keys)
+    keys.next_dek("cv-1")
+    with pytest.raises(FailedPrecondition, match="replacing its data key"):
+        copies.check_settled(_volume(), keys)
+    store.close()
