@@ -6,9 +6,10 @@ the thin pool, so snapshots and clones are constant-time, and every one of them 
 independent LV (removing a volume leaves its snapshots and copies whole).
 
 Volumes are created inactive and activated only by the node side's `attach`, so a volume is
-active exactly while it is attached. Thin snapshots carry LVM's activation-skip flag;
-`attach` overrides it (`--ignoreactivationskip`, LVM's `-K`), and copies are made without
-it. Every LV cryptvol makes is tagged `cryptvol`.
+active exactly while it is attached. Every LV carries LVM's activation-skip flag (thin
+snapshots have it anyway), so a host's boot-time autoactivation leaves them alone; `attach`
+overrides it (`--ignoreactivationskip`, LVM's `-K`). Every LV cryptvol makes is tagged
+`cryptvol`.
 
 Nothing here depends on udev being absent or present: LVM's own configuration decides how
 device nodes appear (the test VM gives it a udev-less lvm.conf, see DESIGN.md).
@@ -96,8 +97,8 @@ class LvmThinProvisioner:
                 )
             return
         self.pool.lvm("lvcreate", "--yes", "--thin", "--virtualsize", f"{size_bytes}b",
-                      "--name", volume_id, "--addtag", TAG, "--activate", "n",
-                      f"{self.pool.vg}/{self.pool.thin_pool}")
+                      "--name", volume_id, "--addtag", TAG, "--setactivationskip", "y",
+                      "--activate", "n", f"{self.pool.vg}/{self.pool.thin_pool}")
 
     def delete(self, volume_id: str) -> None:
         self._remove(volume_id)
@@ -145,7 +146,7 @@ class LvmThinProvisioner:
             what = f"snapshot {origin}" if source.snapshot_id else f"volume {origin}"
             self.pool.require(origin, what)
             self.pool.lvm("lvcreate", "--yes", "--snapshot", "--name", volume_id,
-                          "--addtag", TAG, "--permission", "rw", "--setactivationskip", "n",
+                          "--addtag", TAG, "--permission", "rw", "--setactivationskip", "y",
                           "--activate", "n", self.pool.path(origin))
         self.expand(volume_id, size_bytes)
 
