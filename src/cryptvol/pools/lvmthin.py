@@ -64,15 +64,20 @@ class ThinPool:
 
     def find(self, lv: str) -> LogicalVolume | None:
         """The LV called `lv` in this volume group, or None."""
+        return self.find_all(lv).get(lv)
+
+    def find_all(self, *lvs: str) -> dict[str, LogicalVolume]:
+        """Those of the LVs named that exist, by name: one `lvs` for all of them."""
+        select = " || ".join(f"lv_name={_checked(lv)}" for lv in lvs)
         out = self.lvm("lvs", "--noheadings", "--nosuffix", "--units", "b", "--separator", "|",
-                       "-o", "lv_name,lv_size,lv_active,lv_attr",
-                       "--select", f"lv_name={_checked(lv)}", self.vg)
+                       "-o", "lv_name,lv_size,lv_active,lv_attr", "--select", select, self.vg)
+        found = {}
         for line in out.splitlines():
             fields = [f.strip() for f in line.split("|")]
-            if len(fields) == 4 and fields[0] == lv:
-                return LogicalVolume(fields[0], int(fields[1]), fields[2] == "active",
-                                     fields[3])
-        return None
+            if len(fields) == 4 and fields[0] in lvs:
+                found[fields[0]] = LogicalVolume(fields[0], int(fields[1]),
+                                                 fields[2] == "active", fields[3])
+        return found
 
     def require(self, lv: str, what: str) -> LogicalVolume:
         found = self.find(lv)
@@ -128,27 +133,36 @@ class LvmThinProvisioner:
         return PoolSpace(total_bytes=total, free_bytes=max(0, total - used))
 
     def snapshot(self, volume_id: str, snapshot_id: str) -> int:
-        existing = self.pool.find(snapshot_id)
-        if existing is None:
-            self.pool.require(volume_id, f"volume {volume_id}")
-            # Read-only: nothing may change a snapshot; copies of it are writable LVs.
-            self.pool.lvm("lvcreate", "--yes", "--snapshot", "--name", snapshot_id,
-                          "--addtag", TAG, "--permission", "r", self.pool.path(volume_id))
-            existing = self.pool.require(snapshot_id, f"snapshot {snapshot_id}")
-        return existing.size_bytes
+        # Every LVM command costs a process start and a metadata scan: one look for both.
+        found = self.pool.find_all(volume_id, snapshot_id)
+        if snapshot_id in found:
+            return found[snapshot_id].size_bytes
+        if volume_id not in found:
+            raise NotFound(f"volume {volume_id} has no logical volume in "
+                           f"{self.pool.vg}/{self.pool.thin_pool}")
+        # Read-only: nothing may change a snapshot; copies of it are writable LVs.
+        self.pool.lvm("lvcreate", "--yes", "--snapshot", "--name", snapshot_id,
+                      "--addtag", TAG, "--permission", "r", self.pool.path(volume_id))
+        return found[volume_id].size_bytes
 
     def delete_snapshot(self, volume_id: str, snapshot_id: str) -> None:
         self._remove(snapshot_id)
 
     def copy(self, source: CopySource, volume_id: str, size_bytes: int) -> None:
-        if self.pool.find(volume_id) is None:
-            origin = source.snapshot_id or source.volume_id
-            what = f"snapshot {origin}" if source.snapshot_id else f"volume {origin}"
-            self.pool.require(origin, what)
+        origin = source.snapshot_id or source.volume_id
+        found = self.pool.find_all(origin, volume_id)
+        copied = found.get(volume_id)
+        if copied is None:
+            if origin not in found:
+                what = f"snapshot {origin}" if source.snapshot_id else f"volume {origin}"
+                raise NotFound(f"{what} has no logical volume in "
+                               f"{self.pool.vg}/{self.pool.thin_pool}")
             self.pool.lvm("lvcreate", "--yes", "--snapshot", "--name", volume_id,
                           "--addtag", TAG, "--permission", "rw", "--setactivationskip", "y",
                           "--activate", "n", self.pool.path(origin))
-        self.expand(volume_id, size_bytes)
+            copied = found[origin]
+        if copied.size_bytes < size_bytes:
+            self.pool.lvm("lvextend", "--size", f"{size_bytes}b", self.pool.path(volume_id))
 
     def _remove(self, lv: str) -> None:
         if self.pool.find(lv) is not None:
