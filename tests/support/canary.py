@@ -17,6 +17,8 @@ def forms(secret: bytes) -> list[bytes]:
         secret.hex().encode(),
         secret.hex().upper().encode(),
         base64.b64encode(secret),
+        base64.b64encode(secret).rstrip(b"="),
+        base64.urlsafe_b64encode(secret),
         base64.urlsafe_b64encode(secret).rstrip(b"="),
     ]
 

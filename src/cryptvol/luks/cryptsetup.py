@@ -132,18 +132,20 @@ def format_device(device: str, key: Secret, options: FormatOptions) -> None:
     )
 
 
-def open_device(device: str, name: str, key: Secret, options: OpenOptions) -> None:
+def _run_keyed(argv: list[str | SecretFd], refused: str, **kwargs: Any) -> None:
+    """Run a cryptsetup command that needs a key; a key it refuses is WrongKey(`refused`)."""
     try:
-        run(
-            [CRYPTSETUP, "open", "--type", "luks2", *options.argv(), "--key-file=-",
-             device, name],
-            secret=key.reveal(),
-            timeout=300,
-        )
+        run(argv, timeout=300, **kwargs)
     except CommandError as exc:
         if exc.returncode == EXIT_NO_PERMISSION:
-            raise WrongKey(f"the key does not unlock the LUKS2 header on {device}") from None
+            raise WrongKey(refused) from None
         raise
+
+
+def open_device(device: str, name: str, key: Secret, options: OpenOptions) -> None:
+    _run_keyed([CRYPTSETUP, "open", "--type", "luks2", *options.argv(), "--key-file=-",
+                device, name],
+               f"the key does not unlock the LUKS2 header on {device}", secret=key.reveal())
 
 
 def test_key(device: str, key: Secret) -> bool:
@@ -157,28 +159,16 @@ def test_key(device: str, key: Secret) -> bool:
 
 def add_key(device: str, key: Secret, new_key: Secret, options: FormatOptions) -> None:
     """Add a keyslot for `new_key`, authorized by `key`; both travel through pipes."""
-    try:
-        run(
-            [CRYPTSETUP, "luksAddKey", "--batch-mode", *options.keyslot_argv(),
-             "--key-file", SecretFd("key"), device, SecretFd("new")],
-            fd_secrets={"key": key.reveal(), "new": new_key.reveal()},
-            timeout=300,
-        )
-    except CommandError as exc:
-        if exc.returncode == EXIT_NO_PERMISSION:
-            raise WrongKey(f"the key does not unlock the LUKS2 header on {device}") from None
-        raise
+    _run_keyed([CRYPTSETUP, "luksAddKey", "--batch-mode", *options.keyslot_argv(),
+                "--key-file", SecretFd("key"), device, SecretFd("new")],
+               f"the key does not unlock the LUKS2 header on {device}",
+               fd_secrets={"key": key.reveal(), "new": new_key.reveal()})
 
 
 def remove_key(device: str, key: Secret) -> None:
     """Remove the keyslot `key` opens; another keyslot must stay."""
-    try:
-        run([CRYPTSETUP, "luksRemoveKey", "--batch-mode", "--key-file=-", device],
-            secret=key.reveal(), timeout=300)
-    except CommandError as exc:
-        if exc.returncode == EXIT_NO_PERMISSION:
-            raise WrongKey(f"no keyslot on {device} opens with the key to remove") from None
-        raise
+    _run_keyed([CRYPTSETUP, "luksRemoveKey", "--batch-mode", "--key-file=-", device],
+               f"no keyslot on {device} opens with the key to remove", secret=key.reveal())
 
 
 def close_device(name: str) -> None:
@@ -193,15 +183,11 @@ def resize(name: str, key: Secret | None) -> None:
     lives in the kernel keyring; with the key in the dm table, `key` may be None."""
     if not is_active(name):
         raise NotFound(f"mapping {name} is not open")
-    try:
-        if key is None:
-            run([CRYPTSETUP, "resize", "--batch-mode", name], timeout=120)
-        else:
-            run([CRYPTSETUP, "resize", "--key-file=-", name], secret=key.reveal(), timeout=300)
-    except CommandError as exc:
-        if exc.returncode == EXIT_NO_PERMISSION:
-            raise WrongKey(f"the key does not unlock mapping {name} for resize") from None
-        raise
+    if key is None:
+        run([CRYPTSETUP, "resize", "--batch-mode", name], timeout=120)
+    else:
+        _run_keyed([CRYPTSETUP, "resize", "--key-file=-", name],
+                   f"the key does not unlock mapping {name} for resize", secret=key.reveal())
 
 
 def status(name: str) -> MappingStatus | None:
