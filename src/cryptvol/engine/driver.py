@@ -115,6 +115,8 @@ class Driver:
         return self._host is not None and keys_ready
 
     def close(self) -> None:
+        # A reencryption's cryptsetup dies with this process: stop it where it can resume.
+        self.node.reencryptions.stop_all()
         if self.replica is not None:
             self.replica.stop()
         self.store.close()

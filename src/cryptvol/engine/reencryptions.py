@@ -83,6 +83,13 @@ class Reencryptions:
         if job.thread is not None:
             job.thread.join()
 
+    def stop_all(self) -> None:
+        """On shutdown: stop every reencryption at a safe point, not mid-hotzone."""
+        with self._lock:
+            volume_ids = list(self._jobs)
+        for volume_id in volume_ids:
+            self.stop(volume_id)
+
     def _run(self, job: _Job, device: str, size_bytes: int, key: Secret,
              options: FormatOptions, resume: bool) -> None:
         extra = {"volume": job.volume_id}
