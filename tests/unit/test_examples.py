@@ -7,15 +7,17 @@ parameters (through the driver's own validation) are checked in tests/integratio
 """
 
 import fnmatch
+import re
 from pathlib import Path
 
+import pytest
 import yaml
 
 from cryptvol import DRIVER_NAME
 from cryptvol.engine.direct import ANNOTATION
-from cryptvol.engine.parameters import parse_parameters
+from cryptvol.engine.parameters import parse_parameters, parse_snapshot_parameters
 from cryptvol.mounts.kata_defaults import RUNTIME_HANDLERS
-from cryptvol.pools.registry import parse_pool_spec
+from cryptvol.pools.registry import known_kinds, parse_pool_spec
 
 ROOT = Path(__file__).resolve().parents[2]
 STORAGECLASSES = ROOT / "deploy" / "kubernetes" / "base" / "storageclasses.yaml"
@@ -142,7 +144,7 @@ def test_the_kata_example_and_the_manifests_wire_all_three_triggers_and_their_rb
 
 
 def test_each_pool_component_configures_the_pool_its_storageclass_names():
-    for component in ("pool-zfs",):
+    for component in ("pool-zfs", "pool-lvmthin"):
         folder = ROOT / "deploy" / "kubernetes" / "components" / component
         sc = yaml.safe_load((folder / "storageclass.yaml").read_text())
         assert sc["provisioner"] == DRIVER_NAME and sc["allowVolumeExpansion"] is True
@@ -152,3 +154,34 @@ def test_each_pool_component_configures_the_pool_its_storageclass_names():
                   for p in yaml.safe_load(patch["patch"])]
         spec = parse_pool_spec(arg.removeprefix("--pool="))
         assert (spec.name, spec.kind) == (parsed.pool, component.removeprefix("pool-"))
+
+
+POOL_EXAMPLES = {"loop": "loop-pool.yaml", "lvmthin": "lvmthin-pool.yaml", "zfs": "zfs-pool.yaml"}
+_SERVE_POOL = re.compile(r"^#\s+cryptvol serve --pool (\S+)$", re.MULTILINE)
+
+
+@pytest.mark.parametrize("kind", sorted(POOL_EXAMPLES))
+def test_each_pool_kind_has_a_storage_class_and_a_snapshot_class_for_its_pool(kind):
+    text = (ROOT / "docs" / "examples" / POOL_EXAMPLES[kind]).read_text()
+    docs = list(yaml.safe_load_all(text))
+    by_kind = {doc["kind"]: doc for doc in docs}
+    # The comment says how the driver serves the pool the StorageClass names.
+    name, _, rest = _SERVE_POOL.search(text).group(1).partition("=")
+    assert rest.split(":", 1)[0] == kind
+    sc = by_kind["StorageClass"]
+    assert sc["provisioner"] == DRIVER_NAME and sc["allowVolumeExpansion"] is True
+    assert sc["parameters"]["pool"] == name
+    parse_parameters({k: str(v) for k, v in sc["parameters"].items()})
+    snapshot_class = by_kind["VolumeSnapshotClass"]
+    assert snapshot_class["apiVersion"] == "snapshot.storage.k8s.io/v1"
+    assert snapshot_class["driver"] == DRIVER_NAME
+    assert snapshot_class["deletionPolicy"] in ("Delete", "Retain")
+    parse_snapshot_parameters(snapshot_class.get("parameters") or {})
+    for claim in (d for d in docs if d["kind"] == "PersistentVolumeClaim"):
+        assert claim["spec"]["storageClassName"] == sc["metadata"]["name"]
+        assert claim["spec"]["dataSource"]["kind"] in ("VolumeSnapshot",
+                                                       "PersistentVolumeClaim")
+
+
+def test_every_pool_kind_the_driver_knows_has_an_example():
+    assert set(known_kinds()) <= set(POOL_EXAMPLES)

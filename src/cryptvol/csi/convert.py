@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from cryptvol.csi.gen import csi_pb2
 from cryptvol.engine.types import AccessMode, AccessType, Capability
 from cryptvol.errors import InvalidArgument
+from cryptvol.state.records import ContentSource
 
 # (gid_t)-1 means "no change" to chown: never a group.
 _NO_GID = 2**32 - 1
@@ -42,3 +43,23 @@ def require(value: str, field: str) -> str:
     if not value:
         raise InvalidArgument(f"{field} is required")
     return value
+
+
+def source_of(source: csi_pb2.VolumeContentSource) -> ContentSource:
+    kind = source.WhichOneof("type")
+    if kind == "snapshot":
+        return ContentSource(kind="snapshot",
+                             id=require(source.snapshot.snapshot_id, "snapshot_id"))
+    if kind == "volume":
+        return ContentSource(kind="volume", id=require(source.volume.volume_id, "volume_id"))
+    raise InvalidArgument("volume_content_source must name a snapshot or a volume")
+
+
+def content_source(source: ContentSource | None) -> csi_pb2.VolumeContentSource | None:
+    if source is None:
+        return None
+    if source.kind == "snapshot":
+        return csi_pb2.VolumeContentSource(
+            snapshot=csi_pb2.VolumeContentSource.SnapshotSource(snapshot_id=source.id))
+    return csi_pb2.VolumeContentSource(
+        volume=csi_pb2.VolumeContentSource.VolumeSource(volume_id=source.id))

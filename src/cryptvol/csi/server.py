@@ -18,7 +18,7 @@ from cryptvol.rpc.server import RpcServer
 log = logging.getLogger(__name__)
 
 # What the log line of each RPC names, and which request fields never reach a log.
-SUBJECTS = {"volume": ("volume_id", "name")}
+SUBJECTS = {"volume": ("volume_id", "snapshot_id", "source_volume_id", "name")}
 SECRET_FIELDS = ("secrets",)
 
 
@@ -38,7 +38,7 @@ class CsiServer(RpcServer):
         )
         if driver.serves_controller:
             csi_pb2_grpc.add_ControllerServicer_to_server(
-                ControllerServicer(driver.controller), self.grpc
+                ControllerServicer(driver.controller, driver.snapshots), self.grpc
             )
         if driver.serves_node:
             csi_pb2_grpc.add_NodeServicer_to_server(NodeServicer(driver.node), self.grpc)

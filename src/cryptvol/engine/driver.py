@@ -14,8 +14,9 @@ from cryptvol.engine.controller import ControllerEngine
 from cryptvol.engine.direct import DirectTriggers
 from cryptvol.engine.locks import OperationLocks
 from cryptvol.engine.metrics import NodeMetrics, VolumeCollector
-from cryptvol.engine.node import NodeEngine
+from cryptvol.engine.node import NodeEngine, release_interrupted_reencryptions
 from cryptvol.engine.publishing import PublishModes
+from cryptvol.engine.snapshots import SnapshotEngine
 from cryptvol.errors import CryptvolError, Unavailable
 from cryptvol.keys.config import KeysConfig, open_keys
 from cryptvol.keys.metrics import KeyMetrics
@@ -35,7 +36,7 @@ from cryptvol.mounts.kata_defaults import (
 from cryptvol.mounts.kata_shim import ShimClient
 from cryptvol.pools.registry import PoolSpec, open_pools
 from cryptvol.state.nodes import save_host_probe
-from cryptvol.state.repository import VolumeRepository
+from cryptvol.state.repository import SnapshotRepository, VolumeRepository
 
 log = logging.getLogger(__name__)
 Role = Literal["all", "controller", "node"]
@@ -101,15 +102,18 @@ class Driver:
         self.volumes = VolumeRepository(self.store)
         if registry is not None:
             registry.register(VolumeCollector(self.volumes))
+        snapshots = SnapshotRepository(self.store)
         # One lock table for both services: a node and a controller operation on the same
         # volume in this process must not interleave either.
         self.locks = OperationLocks()
         self._host: HostProbe | None = None
         self._probe_error = ""
         self.controller = ControllerEngine(
-            self.volumes, self.keys, self.pools, settings.node_id, self.locks, self.host,
-            direct,
+            self.volumes, snapshots, self.keys, self.pools, settings.node_id, self.locks,
+            self.host, direct,
         )
+        self.snapshots = SnapshotEngine(self.volumes, snapshots, self.keys, self.pools,
+                                        settings.node_id, self.locks)
         self.budget: MemoryBudget | None = None
         self.node = NodeEngine(
             self.volumes, self.keys, self.pools, settings.node_id, self.locks, modes, direct,
@@ -118,6 +122,8 @@ class Driver:
         # Said once the start can no longer fail on its own settings or store.
         log.info("kata direct volumes", extra={"api": direct.describe(),
                                                "direct_volumes": str(kata.direct_volumes_dir)})
+        if self.serves_node:
+            release_interrupted_reencryptions()
         # The probe runs cryptsetup a few times; the socket comes up meanwhile and Probe
         # answers not-ready until it is done.
         self._probed = threading.Event()
@@ -174,6 +180,8 @@ class Driver:
         return host is not None and self.replica.ready() and self._node_can_serve(host)
 
     def close(self) -> None:
+        # A reencryption's cryptsetup dies with this process: stop it where it can resume.
+        self.node.reencryptions.stop_all()
         self.replica.stop()
         if self.kube is not None:
             self.kube.close()

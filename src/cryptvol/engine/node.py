@@ -24,20 +24,23 @@ from cryptvol.engine.direct import (
     check_direct_access,
     recorded,
 )
+from cryptvol.engine.first_stage import FirstStage
 from cryptvol.engine.ids import is_volume_id
 from cryptvol.engine.locks import OperationLocks
 from cryptvol.engine.metrics import NodeMetrics
 from cryptvol.engine.publishing import PublishModes
+from cryptvol.engine.reencryptions import Reencryptions
 from cryptvol.engine.sizes import LUKS2_HEADER_BYTES, capacity_for
 from cryptvol.engine.types import Capability
 from cryptvol.errors import (
+    Aborted,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
     OutOfRange,
 )
 from cryptvol.keys.manager import KeyManager
-from cryptvol.luks import cryptsetup
+from cryptvol.luks import cryptsetup, reencrypt
 from cryptvol.luks.budget import CRYPTSETUP_PROCESS_KIB
 from cryptvol.luks.cryptsetup import FormatOptions, OpenOptions
 from cryptvol.luks.policy import LuksPlan, parse_luks_parameters
@@ -96,6 +99,8 @@ class NodeEngine:
         self.locks = locks
         self.budget = budget
         self.budget_timeout = budget_timeout
+        self.reencryptions = Reencryptions(on_finished=lambda v: self.first_stage.finished(v))
+        self.first_stage = FirstStage(volumes, keys, self.reencryptions)
 
     # --- keys -----------------------------------------------------------------------------
     def _key(self, record: VolumeRecord, secrets: Mapping[str, str], purpose: str) -> Secret:
@@ -139,8 +144,17 @@ class NodeEngine:
             attacher = self._attacher(record)
             device = attacher.attach(volume_id)
             name = cryptsetup.mapping_name(volume_id)
+            if record.rekey:
+                record = self.first_stage.take_own_key(record, device, _plan_of(record).format)
+                key = self._key(record, secrets, "NodeStageVolume")
             if not cryptsetup.is_active(name):
-                self._open(record, device, name, key)
+                if self._open(record, device, name, key) and record.reencrypt == "pending":
+                    # A copy of a never staged volume is blank: formatted now, its volume
+                    # key is its own already.
+                    self.first_stage.finished(volume_id)
+                    record = self.volumes.require(volume_id)
+            else:
+                self.first_stage.check_restage(record, name)
             self._fit_mapping(record, name, attacher.refresh(volume_id), lambda: key)
             opened = _opened(record, cap.fs_type)
             size = device_size(opened.device)
@@ -150,6 +164,7 @@ class NodeEngine:
                        grow=record.node_capacity_bytes < size)
             if record.node_capacity_bytes != size:
                 self._record_node_capacity(volume_id, size)
+            self.first_stage.reencrypt(record, device, size, key, _plan_of(record).format)
 
     def _record_node_capacity(self, volume_id: str, size: int) -> None:
         def grown(r: VolumeRecord) -> VolumeRecord:
@@ -157,7 +172,9 @@ class NodeEngine:
 
         self.volumes.update(volume_id, grown)
 
-    def _open(self, record: VolumeRecord, device: str, name: str, key: Secret) -> None:
+    def _open(self, record: VolumeRecord, device: str, name: str, key: Secret) -> bool:
+        """Open the volume's LUKS2 mapping, formatting a blank device first; return whether
+        it formatted."""
         luks_plan = _plan_of(record)
         formatted = cryptsetup.is_luks(device)
         waiting = time.monotonic()
@@ -176,6 +193,7 @@ class NodeEngine:
                 cryptsetup.open_device(device, name, key, luks_plan.open)
             self.metrics.unlocked(str(luks_plan.format.pbkdf), time.monotonic() - opening)
             failpoints.reached("stage:after-open")
+        return not formatted
 
     def _reserve(self, record: VolumeRecord, formatted: str | None
                  ) -> AbstractContextManager[None]:
@@ -212,6 +230,10 @@ class NodeEngine:
     def unstage(self, volume_id: str, staging_path: str) -> None:
         with self.locks.hold(volume_id, "NodeUnstageVolume"):
             record = self._require(volume_id)
+            # A reencryption stops at a safe point and resumes at the next stage; one a crash
+            # interrupted is made safe to unmount and close first.
+            self.reencryptions.stop(volume_id)
+            reencrypt.release_interrupted(cryptsetup.mapping_name(volume_id))
             opened = _opened(record)
             for mode in self.modes.all:
                 mode.unstage(opened, staging_path)
@@ -281,6 +303,9 @@ class NodeEngine:
             attacher = self._attacher(record)
             if attacher.attached_device(volume_id) is None:
                 raise FailedPrecondition(f"volume {volume_id} is not attached on this node")
+            if self.reencryptions.running(volume_id):
+                raise Aborted(f"volume {volume_id} is being reencrypted to a new volume key; "
+                              "it grows once that has finished")
             if target > record.capacity_bytes:
                 record = self._grow_backing(record, target)
             backing = attacher.refresh(volume_id)
@@ -319,12 +344,25 @@ class NodeEngine:
             usage = next((u for m in self.modes.all if (u := m.usage(opened, volume_path))),
                          None)
         condition = _condition(open_, usage is not None)
+        reencryption = self.reencryptions.describe(volume_id)
+        if not reencryption and open_ and record.reencrypt == "pending":
+            reencryption = ("the reencryption to a new volume key has not finished; it "
+                            "resumes at the next stage")
+        if reencryption:
+            condition = f"{condition}; {reencryption}"
         return VolumeStats(usage or filesystem.Usage(0, 0, 0, 0, 0, 0), block,
                            usage is None, condition)
 
 
 def _trigger(record: VolumeRecord, pod: PodVerdict) -> Trigger | None:
     return recorded(record.kata_direct) or pod.trigger
+
+
+def release_interrupted_reencryptions() -> None:
+    """At start: reencryptions a crash interrupted may have left I/O hanging on a suspended
+    device; let it fail instead, so the volume can be unstaged and staged again."""
+    for helper in sorted(cryptsetup.MAPPER_DIR.glob("cryptvol-*-hotzone-forward")):
+        reencrypt.release_interrupted(helper.name.removesuffix("-hotzone-forward"))
 
 
 def _opened(record: VolumeRecord, fs_type: str = "") -> OpenedVolume:

@@ -13,6 +13,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,6 +37,7 @@ from cryptvol.system.secret import Secret
 log = logging.getLogger(__name__)
 
 DEK_BYTES = 32
+NEXT_SUFFIX = "+next"
 _CAS_ATTEMPTS = 20
 _RETRY_EVERY = 1.0  # seconds between on-demand loads of a key set that would not load
 
@@ -216,24 +218,16 @@ class KeyManager:
 
     def create_dek(self, volume_id: str) -> Secret:
         _check_volume_id(volume_id)
-        key = dek_key(volume_id)
-        for _ in range(_CAS_ATTEMPTS):
-            loaded = self.loaded
-            entry = self.store.get(key)
-            if entry is not None:
-                return self._unwrap(entry.value, volume_id, loaded)
-            dek = Secret(os.urandom(DEK_BYTES))
-            try:
-                blob = envelope.wrap(loaded.current, dek, volume_id)
-            except Exception:
-                self.metrics.wrap_errors.inc()
-                raise
-            if self.store.txn(
-                [Compare(key, 0), Compare(KEYSET_KEY, loaded.revision)], [Put(key, blob)]
-            ):
-                return dek
-            self.refresh_if_stale(loaded)
-        raise Aborted(f"the data key of volume {volume_id} kept changing while creating it; retry")
+        return self._store_new(volume_id, lambda: Secret(os.urandom(DEK_BYTES)))
+
+    def copy_dek(self, source_id: str, target_id: str) -> None:
+        """Give `target_id` its own copy of the DEK of `source_id`, wrapped for `target_id`
+        (its id is the associated data, like any DEK's, and KEK rotation re-wraps it like
+        any other). A snapshot keeps the key its bytes were written with this way, whatever
+        later happens to its source's key. A repeat keeps the copy already made."""
+        _check_volume_id(source_id)
+        _check_volume_id(target_id)
+        self._store_new(target_id, lambda: self.get_dek(source_id))
 
     def get_dek(self, volume_id: str) -> Secret:
         _check_volume_id(volume_id)
@@ -248,8 +242,68 @@ class KeyManager:
         key cannot be read back from an earlier revision or the store's files. Run again
         after a failure, it forgets what the failed run left."""
         _check_volume_id(volume_id)
-        self.store.txn([], [Delete(dek_key(volume_id))])
+        self.store.txn([], [Delete(dek_key(volume_id)), Delete(dek_key(_next_id(volume_id)))])
         self.store.forget_history()
+
+    # -- replacing one volume's DEK: a new key is made, the node adds a keyslot for it and
+    # removes the old one, then the new key takes the old one's place. Until then both are
+    # kept, so a crash between any two steps leaves a key that opens the volume.
+
+    def next_dek(self, volume_id: str) -> Secret:
+        """The DEK that will replace the volume's current one, made on first ask."""
+        _check_volume_id(volume_id)
+        return self._store_new(_next_id(volume_id), lambda: Secret(os.urandom(DEK_BYTES)))
+
+    def pending_dek(self, volume_id: str) -> Secret | None:
+        """The replacement DEK `next_dek` made and `promote_next_dek` has not yet put in
+        place, or None."""
+        _check_volume_id(volume_id)
+        try:
+            return self.get_dek(_next_id(volume_id))
+        except NotFound:
+            return None
+
+    def promote_next_dek(self, volume_id: str) -> None:
+        """Make the replacement DEK the volume's DEK, in one transaction; without a
+        replacement (a repeat) nothing changes."""
+        _check_volume_id(volume_id)
+        current_key, next_key = dek_key(volume_id), dek_key(_next_id(volume_id))
+        for _ in range(_CAS_ATTEMPTS):
+            loaded = self.loaded
+            entry = self.store.get(next_key)
+            if entry is None:
+                return
+            dek = self._unwrap(entry.value, _next_id(volume_id), loaded)
+            blob = envelope.wrap(loaded.current, dek, volume_id)
+            if self.store.txn(
+                [Compare(next_key, entry.revision), Compare(KEYSET_KEY, loaded.revision)],
+                [Put(current_key, blob), Delete(next_key)],
+            ):
+                return
+            self.refresh_if_stale(loaded)
+        raise Aborted(f"the data key of volume {volume_id} kept changing while replacing it")
+
+    def _store_new(self, key_id: str, make: Callable[[], Secret]) -> Secret:
+        """Wrap and store the DEK `make()` gives under `key_id` unless one is there already;
+        return the stored DEK. A DEK is never replaced in place."""
+        key = dek_key(key_id)
+        for _ in range(_CAS_ATTEMPTS):
+            loaded = self.loaded
+            entry = self.store.get(key)
+            if entry is not None:
+                return self._unwrap(entry.value, key_id, loaded)
+            dek = make()
+            try:
+                blob = envelope.wrap(loaded.current, dek, key_id)
+            except Exception:
+                self.metrics.wrap_errors.inc()
+                raise
+            if self.store.txn(
+                [Compare(key, 0), Compare(KEYSET_KEY, loaded.revision)], [Put(key, blob)]
+            ):
+                return dek
+            self.refresh_if_stale(loaded)
+        raise Aborted(f"the data key of {key_id} kept changing while creating it; retry")
 
     def _unwrap(self, raw: bytes, volume_id: str, loaded: LoadedKeySet) -> Secret:
         try:
@@ -261,6 +315,11 @@ class KeyManager:
         except CryptvolError:
             self.metrics.unwrap_errors.inc()
             raise
+
+
+def _next_id(volume_id: str) -> str:
+    # Volume and snapshot ids never hold '+', so the replacement's id is nobody's own.
+    return volume_id + NEXT_SUFFIX
 
 
 def _check_volume_id(volume_id: str) -> None:

@@ -12,22 +12,24 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
-from typing import Protocol
+from typing import Literal, Protocol
+
+# How a pool makes a snapshot, or a new volume from a snapshot or volume:
+# - "thin": copy-on-write inside the pool: constant time, blocks shared, and atomic, so it
+#   may be taken while the volume is attached and written;
+# - "copy": the bytes are copied: time and space grow with the data, and a copy taken while
+#   the volume is written would mix moments, so the engine takes one only of a volume that
+#   is not attached;
+# - "": the pool cannot.
+CopyMethod = Literal["thin", "copy", ""]
 
 
 @dataclass(frozen=True)
 class PoolCapabilities:
     # A backing volume can grow while it is attached and in use.
     online_expand: bool
-    # Snapshots are copy-on-write inside the pool (constant time, shared blocks).
-    thin_snapshot: bool
-    # The pool makes a writable volume from a snapshot or volume by itself.
-    clone: bool
-    # A volume can be filled by copying another's blocks through the node.
-    block_copy: bool
-    # Copies share blocks with the snapshot they came from, so a volume deleted while its
-    # snapshots' copies live keeps its storage (hidden) until the last of them goes.
-    dependent_clones: bool = False
+    snapshot: CopyMethod
+    clone: CopyMethod
 
 
 @dataclass(frozen=True)
@@ -75,7 +77,9 @@ class Provisioner(Protocol):
         ...
 
     def delete(self, volume_id: str) -> None:
-        """Remove the backing volume; removing an absent one succeeds."""
+        """Remove the backing volume; removing an absent one succeeds. It must succeed while
+        snapshots of it or copies made from it live: they stay usable, and where they still
+        share its storage, that storage is freed when the last of them goes."""
         ...
 
     def size(self, volume_id: str) -> int | None:
@@ -105,8 +109,9 @@ class Provisioner(Protocol):
         ...
 
     def copy(self, source: CopySource, volume_id: str, size_bytes: int) -> None:
-        """Make a new backing volume of at least `size_bytes` holding the source's bytes.
-        A repeat with the same arguments is a no-op."""
+        """Make a new backing volume of at least `size_bytes` holding the source's bytes
+        (a snapshot of this pool, or one of its volumes as it is now; a snapshot whose
+        volume was deleted still copies). A repeat with the same arguments is a no-op."""
         ...
 
 

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from cryptvol.errors import FailedPrecondition, InvalidArgument
-from cryptvol.pools import loop
+from cryptvol.pools import loop, lvmthin
 from cryptvol.pools.base import Pool
 
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
@@ -26,12 +26,18 @@ def _open_zfs(name: str, location: str) -> Pool:
 
 _OPENERS: dict[str, Callable[[str, str], Pool]] = {
     loop.KIND: loop.open_pool,
+    lvmthin.KIND: lvmthin.open_pool,
     "zfs": _open_zfs,
 }
 _LOCATION_HELP = {
     loop.KIND: "loop:/ABSOLUTE/DIR",
+    lvmthin.KIND: "lvmthin:VG/THINPOOL",
     "zfs": "zfs:POOL/DATASET",
 }
+
+
+def known_kinds() -> list[str]:
+    return sorted(_OPENERS)
 
 
 @dataclass(frozen=True)
@@ -57,7 +63,7 @@ def parse_pool_spec(text: str) -> PoolSpec:
         )
     if kind not in _OPENERS:
         raise InvalidArgument(
-            f"pool {name!r}: unknown kind {kind!r}; known kinds: {', '.join(sorted(_OPENERS))}"
+            f"pool {name!r}: unknown kind {kind!r}; known kinds: {', '.join(known_kinds())}"
         )
     return PoolSpec(name, kind, location)
 

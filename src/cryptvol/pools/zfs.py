@@ -48,13 +48,9 @@ from cryptvol.system import CommandError, run, run_pipeline
 from cryptvol.system.devices import device_size
 
 KIND = "zfs"
-CAPABILITIES = PoolCapabilities(
-    online_expand=True,
-    thin_snapshot=True,
-    clone=True,
-    block_copy=True,
-    dependent_clones=True,
-)
+# Clones depend on their origin snapshot: a deleted volume whose snapshots' clones live is
+# kept hidden until the last of them goes (see delete), as the protocol asks.
+CAPABILITIES = PoolCapabilities(online_expand=True, snapshot="thin", clone="thin")
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 # A ZFS dataset name: components of letters, digits and _ - . : separated by '/'.
 _DATASET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]*(/[A-Za-z0-9_.:-]+)*$")

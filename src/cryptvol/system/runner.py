@@ -2,7 +2,9 @@
 
 Every command cryptvol starts goes through `run`. Key material reaches a command in one of
 two ways only: on its stdin (`secret=`), or through an inherited pipe that the argv names
-as `/dev/fd/N` (`SecretFd` placeholders with `fd_secrets=`). Never argv, never environment.
+as `/proc/self/fd/N` (`SecretFd` placeholders with `fd_secrets=`). Never argv, never
+environment. (`/proc/self/fd`, not `/dev/fd`: a /dev without udev or systemd, as in a
+minimal container or the test VM, has no `/dev/fd` link.)
 
 When `CRYPTVOL_EXEC_AUDIT` names a file, the argv and environment of every command started
 are appended to it as JSON lines, so tests can prove what the driver's children saw.
@@ -30,7 +32,8 @@ _audit_lock = threading.Lock()
 
 @dataclass(frozen=True)
 class SecretFd:
-    """An argv placeholder that becomes `/dev/fd/N` for the named entry of `fd_secrets`."""
+    """An argv placeholder that becomes `/proc/self/fd/N` for the named entry of
+    `fd_secrets`."""
 
     name: str
 
@@ -96,7 +99,7 @@ def run(
             os.write(w, payload)
             os.close(w)
         resolved = tuple(
-            f"/dev/fd/{fd_for[a.name]}" if isinstance(a, SecretFd) else a for a in argv
+            f"/proc/self/fd/{fd_for[a.name]}" if isinstance(a, SecretFd) else a for a in argv
         )
         full_env = command_env(env)
         _audit(resolved, full_env)

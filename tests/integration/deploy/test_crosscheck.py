@@ -32,7 +32,6 @@ from support.manifests import KUSTOMIZATIONS, Object
 
 PENDING = {
     "flag: serve --kubelet-dir": "Kata direct volumes, issue 12",
-    "capability: controller CREATE_DELETE_SNAPSHOT": "snapshots, issue 11",
 }
 
 # What each sidecar needs from the driver, from its source at the pinned version:

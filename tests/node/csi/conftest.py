@@ -1,15 +1,42 @@
+import contextlib
 import os
 import subprocess
 import tempfile
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from cryptvol.mounts.direct_volumes import DirectVolumes
+from cryptvol.system import run
+from cryptvol.system.runner import CommandError
 from cryptvol.vm import IN_VM_ENV
 from support.driver import RunningDriver
 from support.kube_api import FakeKubeApi
+from support.pools import POOLS
+
+MIB = 1024 * 1024
+LVM_ENV = {"LVM_SUPPRESS_FD_WARNINGS": "1"}
+
+
+@pytest.fixture(scope="session")
+def thin_pool(tmp_path_factory):
+    """An LVM volume group with a thin pool, on a loop device over a sparse file in the
+    guest's tmpfs: what an lvmthin pool is configured with ("VG/THINPOOL")."""
+    backing = tmp_path_factory.mktemp("lvm") / "pv.img"
+    with open(backing, "wb") as f:
+        f.truncate(4096 * MIB)
+    device = run(["losetup", "--find", "--show", str(backing)], timeout=60).stdout.strip()
+    vg = f"cvt{uuid.uuid4().hex[:8]}"
+    for argv in (["pvcreate", "-q", device], ["vgcreate", "-q", vg, device],
+                 ["lvcreate", "-q", "--type", "thin-pool", "-L", "3G", "-n", "pool", vg]):
+        run(argv, env=LVM_ENV, timeout=300)
+    yield vg
+    for argv in (["vgremove", "-q", "-f", vg], ["pvremove", "-q", "-f", device],
+                 ["losetup", "-d", device]):
+        with contextlib.suppress(CommandError):
+            run(argv, env=LVM_ENV, timeout=300)
 
 
 @dataclass(frozen=True)
@@ -40,12 +67,18 @@ def kata(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def driver(tmp_path_factory, kata):
+def driver(tmp_path_factory, kata, thin_pool, zfs_pool):
     """One driver for the node suite: starting Python under an emulated CPU costs seconds,
-    so tests share it; each uses its own volume names. Crash tests restart it and leave it
-    running again."""
+    so tests share it; each uses its own volume names. It serves the pools of
+    support.pools.POOLS (a loop pool in driver.pool_dir, the default; an LVM thin pool; a
+    ZFS pool) and Kata direct volumes through a stand-in API. Crash tests restart it and
+    leave it running again."""
     work = tmp_path_factory.mktemp("driver")
-    running = RunningDriver(work, extra_args=[
+    running = RunningDriver(work, pool_args=[
+        "--pool", f"{POOLS['loop']}=loop:{work / 'pool'}",
+        "--pool", f"{POOLS['lvmthin']}=lvmthin:{thin_pool}/pool",
+        "--pool", zfs_pool.spec(POOLS["zfs"]),
+    ], extra_args=[
         "--kubeconfig", str(kata.api.kubeconfig(work / "kubeconfig")),
         "--kata-direct-volumes-dir", str(kata.volumes.root),
         "--kata-sandbox-dirs", f"{kata.go_sandboxes},{kata.rs_sandboxes}",

@@ -21,17 +21,7 @@ from cryptvol.errors import CryptvolError
 from cryptvol.keys.keyset import dek_key
 from cryptvol.keys.manager import open_local
 from cryptvol.store.base import Put
-
-
-def encodings(secret: bytes) -> list[bytes]:
-    return [
-        secret,
-        secret.hex().encode(),
-        secret.hex().upper().encode(),
-        base64.b64encode(secret),
-        base64.urlsafe_b64encode(secret),
-        base64.b64encode(secret).rstrip(b"="),
-    ]
+from support.canary import forms
 
 
 def test_no_key_bytes_in_errors_or_logs(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -85,7 +75,7 @@ def test_no_key_bytes_in_errors_or_logs(tmp_path: Path, caplog: pytest.LogCaptur
     haystack = "\n".join(texts).encode()
     assert texts
     for secret in [*deks.values(), *keks]:
-        for form in encodings(secret):
+        for form in forms(secret):
             assert form not in haystack
 
 
@@ -151,5 +141,5 @@ def test_no_key_bytes_in_rotation_backup_status_or_reports(
     texts.extend(r.getMessage() for r in caplog.records)
     haystack = "\n".join(texts).encode()
     for secret in [*deks, *keks]:
-        for form in encodings(secret):
+        for form in forms(secret):
             assert form not in haystack

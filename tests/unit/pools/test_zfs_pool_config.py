@@ -14,7 +14,7 @@ def test_a_zfs_pool_is_opened_from_its_dataset_name_alone() -> None:
     (pool,) = open_pools([parse_pool_spec("z=zfs:tank/cryptvol")]).all()
     assert (pool.name, pool.kind, pool.location) == ("z", "zfs", "tank/cryptvol")
     caps = pool.capabilities
-    assert caps.thin_snapshot and caps.clone and caps.dependent_clones and caps.online_expand
+    assert (caps.snapshot, caps.clone, caps.online_expand) == ("thin", "thin", True)
     assert pool.encryption is not None
 
 
