@@ -23,9 +23,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests" / "integration" / "keys"))
+sys.path.insert(0, str(ROOT / "tests"))
 
-from etcd_cluster import EtcdCluster  # noqa: E402
+from support.etcd_cluster import EtcdCluster  # noqa: E402
 
 from cryptvol.keys import envelope  # noqa: E402
 from cryptvol.keys.kek import KekProvider  # noqa: E402
