@@ -118,7 +118,15 @@ class ControllerEngine:
                         f"the pool has {free} bytes free; a {capacity}-byte volume needs "
                         f"{record.backing_bytes} with its LUKS2 header"
                     )
-                if not self.volumes.insert(record):
+                # A managed volume's DEK commits with its record: one fsync, not two. When
+                # that cannot be (a rotation moved the key set), the record goes alone and
+                # _finish_create makes the DEK, as after a crash.
+                compares, ops = (self.keys.new_dek_write(volume_id)
+                                 if record.key_source == "managed" else ([], []))
+                inserted = self.volumes.insert(record, with_compares=compares, with_ops=ops)
+                if not inserted and ops:
+                    inserted = self.volumes.insert(record)
+                if not inserted:
                     existing = self.volumes.get(volume_id)
                     if existing is None:
                         raise AlreadyExists(
@@ -234,11 +242,12 @@ class ControllerEngine:
                     f"volume {volume_id} is still staged on node {record.node_id}; "
                     "unstage it first"
                 )
+            # Shred the key first, in the commit that marks the volume deleting: from then on
+            # the backing data cannot be read, whatever a crash leaves behind.
             self.volumes.update(volume_id, lambda r: r.model_copy(update={"state":
-                                                                          "deleting"}))
-            # Shred the key first: from then on the backing data cannot be read, whatever
-            # a crash leaves behind.
-            self.keys.delete_dek(volume_id)
+                                                                          "deleting"}),
+                                with_ops=self.keys.shred_ops(volume_id))
+            self.keys.forget_shredded()
             provisioner.delete(volume_id)
             self.volumes.remove(record)
 
