@@ -6,18 +6,16 @@
               clients, at least the rate of kubernetes-csi's Go reference driver
               (csi-driver-host-path) on the same machine with the same client: build its
               `hostpathplugin` and pass `--reference-driver PATH` to run it side by side.
-  node        NodeStageVolume / NodeUnstageVolume latency p50 and p95 on real dm-crypt
-              (run it where dm-crypt exists: `cryptvol vm run -- .venv/bin/python
-              bench/bench_csi.py node`).
   expand      one online NodeExpandVolume (+1 GiB) for ext4 and xfs volumes of 1, 8 and
-              64 GiB (sparse), on real dm-crypt (in the VM as above).
+              64 GiB (sparse), on real dm-crypt (run it where dm-crypt exists:
+              `cryptvol vm run -- .venv/bin/python bench/bench_csi.py expand`).
+NodeStage and NodePublish against the same steps without LUKS: bench/bench_node.py.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -138,47 +136,7 @@ def controller(pairs: int, clients_list: list[int], size: int,
                       f"{ours[clients] / theirs:.2f}", flush=True)
 
 
-def node(rounds: int) -> None:
-    with tempfile.TemporaryDirectory(prefix="cryptvol-bench-") as tmp:
-        work = Path(tmp)
-        driver = RunningDriver(work / "driver")
-        driver.work.mkdir()
-        client = driver.start()
-        try:
-            cap = mount_capability("ext4")
-            vol = client.controller.CreateVolume(pb.CreateVolumeRequest(
-                name="bench-node", volume_capabilities=[cap],
-                capacity_range=pb.CapacityRange(required_bytes=256 * MIB))).volume
-            staging = work / "staging"
-            staging.mkdir()
-            stage_req = pb.NodeStageVolumeRequest(volume_id=vol.volume_id,
-                                                  staging_target_path=str(staging),
-                                                  volume_capability=cap)
-            unstage_req = pb.NodeUnstageVolumeRequest(volume_id=vol.volume_id,
-                                                      staging_target_path=str(staging))
-            first = time.perf_counter()
-            client.node.NodeStageVolume(stage_req)
-            print(f"node: first NodeStageVolume (luksFormat + mkfs): "
-                  f"{(time.perf_counter() - first) * 1000:.0f} ms")
-            client.node.NodeUnstageVolume(unstage_req)
-            stages, unstages = [], []
-            for _ in range(rounds):
-                t = time.perf_counter()
-                client.node.NodeStageVolume(stage_req)
-                stages.append((time.perf_counter() - t) * 1000)
-                t = time.perf_counter()
-                client.node.NodeUnstageVolume(unstage_req)
-                unstages.append((time.perf_counter() - t) * 1000)
-            for name, values in (("NodeStageVolume", stages), ("NodeUnstageVolume", unstages)):
-                q = statistics.quantiles(values, n=20)
-                print(f"node: {name}: p50 {statistics.median(values):.0f} ms, "
-                      f"p95 {q[18]:.0f} ms over {rounds} rounds")
-            client.controller.DeleteVolume(pb.DeleteVolumeRequest(volume_id=vol.volume_id))
-        finally:
-            driver.stop()
-
-
-def expand(sizes_gib: list[int]) -> None:
+def expand(sizes_gib: list[int], filesystems: list[str]) -> None:
     import os
     import subprocess
 
@@ -195,7 +153,7 @@ def expand(sizes_gib: list[int]) -> None:
         driver.work.mkdir()
         client = driver.start()
         try:
-            for fs in ("ext4", "xfs"):
+            for fs in filesystems:
                 for gib in sizes_gib:
                     vol = create_volume(client, work, f"grow-{fs}-{gib}", fs,
                                         size=gib * 1024 * MIB)
@@ -222,22 +180,20 @@ def expand(sizes_gib: list[int]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["controller", "node", "expand"])
+    parser.add_argument("what", choices=["controller", "expand"])
     parser.add_argument("--pairs", type=int, default=400, help="pairs per client count")
     parser.add_argument("--clients", default="1,8", help="comma-separated client counts")
     parser.add_argument("--size-mib", type=int, default=16)
     parser.add_argument("--reference-driver", type=Path, metavar="PATH",
                         help="csi-driver-host-path's hostpathplugin binary, run beside")
-    parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--sizes-gib", type=int, nargs="+", default=[1, 8, 64])
+    parser.add_argument("--fs", default="ext4,xfs", help="comma-separated filesystems (expand)")
     args = parser.parse_args()
     if args.what == "controller":
         controller(args.pairs, [int(c) for c in args.clients.split(",")],
                    args.size_mib * MIB, args.reference_driver)
-    elif args.what == "node":
-        node(args.rounds)
     else:
-        expand(args.sizes_gib)
+        expand(args.sizes_gib, args.fs.split(","))
 
 
 if __name__ == "__main__":
