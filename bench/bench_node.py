@@ -115,7 +115,7 @@ class Plain:
 @contextmanager
 def running_driver(work: Path, log_level: str = "info") -> Iterator[RunningDriver]:
     driver = RunningDriver(work / "driver", log_level=log_level)
-    driver.work.mkdir()
+    driver.work.mkdir(exist_ok=True)  # a restart finds its state there
     driver.start()
     try:
         yield driver
