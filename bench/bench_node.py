@@ -28,7 +28,6 @@ import os
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -44,6 +43,7 @@ from cryptvol.system import run
 from cryptvol.system.secret import Secret
 from support.co import MIB, Volume, create_volume
 from support.driver import RunningDriver
+from support.rss import PeakSampler
 
 
 def _ms(call: Callable[[], object]) -> float:
@@ -179,34 +179,27 @@ def _commands(lines: list[str]) -> list[tuple[str, float]]:
 
 
 class PeakMemory:
-    """Samples the summed VmRSS of process `pid` (with `own`) and every process below it,
-    and the machine's MemAvailable (which also sees the kernel's share: dm-crypt, loop)."""
+    """The peak summed VmRSS of process `pid` (with `own`) and every process below it, and
+    the largest drop of the machine's MemAvailable (which also sees the kernel's share:
+    dm-crypt, loop), while its `with` block runs."""
 
-    def __init__(self, pid: int, *, own: bool, interval: float = 0.01) -> None:
-        self.pid, self.own, self.interval = pid, own, interval
-        self.peak_kib = 0
-        self.available_kib = self.least_available_kib = _available_kib()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+    def __init__(self, pid: int, *, own: bool) -> None:
+        self.available_kib = _available_kib()
+        self._rss = PeakSampler(lambda: _tree_rss_kib(pid, own))
+        self._drop = PeakSampler(lambda: self.available_kib - _available_kib())
 
     def __enter__(self) -> PeakMemory:
-        self._thread.start()
+        self._rss.__enter__()
+        self._drop.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak_kib = max(self.peak_kib, _tree_rss_kib(self.pid, self.own))
-            self.least_available_kib = min(self.least_available_kib, _available_kib())
-            self._stop.wait(self.interval)
+        self._rss.__exit__()
+        self._drop.__exit__()
 
     def describe(self, whose: str) -> str:
-        drop = (self.available_kib - self.least_available_kib) / 1024
-        return (f"peak RSS of {whose} {self.peak_kib / 1024:.0f} MiB, MemAvailable down by "
-                f"{drop:.0f} MiB at most")
+        return (f"peak RSS of {whose} {self._rss.peak / 1024:.0f} MiB, MemAvailable down by "
+                f"{self._drop.peak / 1024:.0f} MiB at most")
 
 
 def _available_kib() -> int:

@@ -36,7 +36,7 @@ from cryptvol.luks.cryptsetup import FormatOptions
 from cryptvol.luks.policy import parse_luks_parameters, plan
 from cryptvol.luks.probe import probe_host
 from cryptvol.system.secret import Secret
-from support.rss import cryptsetup_rss_kib
+from support.rss import PeakSampler, cryptsetup_rss_kib
 
 HEADER_BYTES = 16 * 1024 * 1024
 MANAGED_KEY = Secret(bytes(range(32)))
@@ -72,32 +72,6 @@ def latency(volume: Volume, repeat: int) -> tuple[list[float], float]:
     return runs, cpu / repeat
 
 
-class RssSampler:
-    """Sums the resident memory of every running cryptsetup process, keeping the peak."""
-
-    def __init__(self, interval: float = 0.002) -> None:
-        self.interval = interval
-        self.peak_kib = 0
-        self.peak_processes = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> RssSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            total, count = cryptsetup_rss_kib()
-            if total > self.peak_kib:
-                self.peak_kib, self.peak_processes = total, count
-            self._stop.wait(self.interval)
-
-
 def parallel_unlocks(volume: Volume, n: int, budget: MemoryBudget,
                      timeout: float) -> tuple[float, int, int, int]:
     """(wall seconds, peak summed RSS KiB, peak concurrent processes, failures)."""
@@ -117,14 +91,15 @@ def parallel_unlocks(volume: Volume, n: int, budget: MemoryBudget,
                 failures += 1
 
     threads = [threading.Thread(target=one) for _ in range(n)]
-    with RssSampler() as sampler:
+    with PeakSampler(cryptsetup_rss_kib, interval=0.002) as sampler:
         started = time.monotonic()
         for t in threads:
             t.start()
         for t in threads:
             t.join()
         wall = time.monotonic() - started
-    return wall, sampler.peak_kib, sampler.peak_processes, failures
+    peak_kib, peak_processes = sampler.peak
+    return wall, peak_kib, peak_processes, failures
 
 
 def ms(seconds: float) -> str:
