@@ -2,18 +2,21 @@
 """CSI benchmarks against a real driver over its unix socket.
 
   controller  CreateVolume+DeleteVolume pairs per second with 1 and 8 concurrent clients
-              (target: at least 100 pairs/s with 8 clients on a 2-core machine).
-  node        NodeStageVolume / NodeUnstageVolume latency p50 and p95 on real dm-crypt
-              (run it where dm-crypt exists: `cryptvol vm run -- .venv/bin/python
-              bench/bench_csi.py node`).
+              (16 MiB volumes), and the driver's CPU per pair. Goal (issue 15): with 8
+              clients, at least the rate of kubernetes-csi's Go reference driver
+              (csi-driver-host-path) on the same machine with the same client: build its
+              `hostpathplugin` and pass `--reference-driver PATH` to run it side by side.
   expand      one online NodeExpandVolume (+1 GiB) for ext4 and xfs volumes of 1, 8 and
-              64 GiB (sparse), on real dm-crypt (in the VM as above).
+              64 GiB (sparse), on real dm-crypt (run it where dm-crypt exists:
+              `cryptvol vm run -- .venv/bin/python bench/bench_csi.py expand`).
+NodeStage and NodePublish against the same steps without LUKS: bench/bench_node.py.
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
+import os
+import subprocess
 import sys
 import tempfile
 import threading
@@ -22,92 +25,118 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
+import grpc
+
 from cryptvol.csi.client import mount_capability
 from cryptvol.csi.gen import csi_pb2 as pb
-from support.driver import RunningDriver
+from support.driver import RunningDriver, call_when_up
 
 MIB = 1024 * 1024
 
 
-def controller(pairs: int, clients_list: list[int]) -> None:
+def proc_cpu(pid: int) -> float:
+    """CPU seconds (user + system) process `pid` has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def create_delete_pairs(endpoint: str, pid: int, label: str, pairs: int, clients: int,
+                        size: int) -> float:
+    """Run `pairs` CreateVolume+DeleteVolume pairs from `clients` threads (one channel
+    each); print pairs/s and the server's CPU per pair; return pairs/s."""
+    from cryptvol.csi.client import CsiClient
+
+    per_client = max(1, pairs // clients)
+    gate = threading.Barrier(clients + 1)
+    errors: list[BaseException] = []
+
+    def worker(index: int) -> None:
+        with CsiClient(endpoint) as client:
+            cap = mount_capability("ext4")
+            gate.wait()
+            try:
+                for i in range(per_client):
+                    vol = client.controller.CreateVolume(pb.CreateVolumeRequest(
+                        name=f"bench-{clients}-{index}-{i}", volume_capabilities=[cap],
+                        capacity_range=pb.CapacityRange(required_bytes=size)))
+                    client.controller.DeleteVolume(
+                        pb.DeleteVolumeRequest(volume_id=vol.volume.volume_id))
+            except BaseException as exc:  # reported below, after every thread ended
+                errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    gate.wait()
+    cpu, start = proc_cpu(pid), time.perf_counter()
+    for t in threads:
+        t.join()
+    took, cpu = time.perf_counter() - start, proc_cpu(pid) - cpu
+    if errors:
+        raise errors[0]
+    done = per_client * clients
+    print(f"controller: {label:<9} {clients} client(s): {done} create+delete pairs in "
+          f"{took:5.2f} s = {done / took:7.1f} pairs/s, server CPU {cpu / done * 1000:.2f} ms "
+          "per pair", flush=True)
+    return done / took
+
+
+class ReferenceDriver:
+    """The Go reference driver (kubernetes-csi's csi-driver-host-path, `hostpathplugin`)
+    from a binary the user built: run beside cryptvol, with the same client."""
+
+    def __init__(self, binary: Path, work: Path) -> None:
+        self.endpoint = f"unix://{work}/hostpath.sock"
+        self.log = (work / "hostpath.log").open("wb")
+        self.proc = subprocess.Popen(
+            [str(binary), "--endpoint", self.endpoint, "--nodeid", "node-1",
+             "--statedir", str(work / "hostpath-state")],
+            stdout=self.log, stderr=self.log)
+
+    def __enter__(self) -> ReferenceDriver:
+        from cryptvol.csi.client import CsiClient
+
+        try:
+            # Its Probe leaves `ready` unset (which CSI reads as ready): wait for an answer.
+            with CsiClient(self.endpoint) as client:
+                call_when_up(lambda: client.identity.Probe(pb.ProbeRequest(), timeout=5), 60)
+        except grpc.RpcError:
+            self.__exit__()
+            raise RuntimeError("the reference driver did not start: "
+                               + Path(self.log.name).read_text()[-2000:]) from None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.proc.terminate()
+        self.proc.wait(30)
+        self.log.close()
+
+
+def controller(pairs: int, clients_list: list[int], size: int,
+               reference: Path | None) -> None:
+    print(f"controller: {size // MIB} MiB volumes, load average {os.getloadavg()[0]:.1f}, "
+          f"{os.cpu_count()} CPUs", flush=True)
     with tempfile.TemporaryDirectory(prefix="cryptvol-bench-") as tmp:
-        driver = RunningDriver(Path(tmp))
+        # The driver as deployed: info logging, one line per RPC.
+        driver = RunningDriver(Path(tmp), log_level="info")
         driver.start()
         try:
+            assert driver.proc is not None
+            ours = {c: create_delete_pairs(driver.endpoint, driver.proc.pid, "cryptvol",
+                                           pairs, c, size) for c in clients_list}
+        finally:
+            driver.stop()
+        if reference is None:
+            return
+        with ReferenceDriver(reference, Path(tmp)) as go:
             for clients in clients_list:
-                per_client = pairs // clients
-                barrier = threading.Barrier(clients)
-
-                def worker(index: int, n: int = per_client, c: int = clients,
-                           gate: threading.Barrier = barrier) -> None:
-                    from cryptvol.csi.client import CsiClient
-
-                    client = CsiClient(driver.endpoint)
-                    cap = mount_capability("ext4")
-                    gate.wait()
-                    for i in range(n):
-                        vol = client.controller.CreateVolume(pb.CreateVolumeRequest(
-                            name=f"bench-{c}-{index}-{i}", volume_capabilities=[cap],
-                            capacity_range=pb.CapacityRange(required_bytes=64 * MIB)))
-                        client.controller.DeleteVolume(
-                            pb.DeleteVolumeRequest(volume_id=vol.volume.volume_id))
-                    client.close()
-
-                threads = [threading.Thread(target=worker, args=(i,)) for i in range(clients)]
-                start = time.perf_counter()
-                for t in threads:
-                    t.start()
-                for t in threads:
-                    t.join()
-                took = time.perf_counter() - start
-                done = per_client * clients
-                print(f"controller: {clients} client(s): {done} create+delete pairs in "
-                      f"{took:.2f} s = {done / took:.1f} pairs/s")
-        finally:
-            driver.stop()
+                theirs = create_delete_pairs(go.endpoint, go.proc.pid, "hostpath", pairs,
+                                             clients, size)
+                print(f"controller: {clients} client(s): cryptvol / hostpath = "
+                      f"{ours[clients] / theirs:.2f}", flush=True)
 
 
-def node(rounds: int) -> None:
-    with tempfile.TemporaryDirectory(prefix="cryptvol-bench-") as tmp:
-        work = Path(tmp)
-        driver = RunningDriver(work / "driver")
-        driver.work.mkdir()
-        client = driver.start()
-        try:
-            cap = mount_capability("ext4")
-            vol = client.controller.CreateVolume(pb.CreateVolumeRequest(
-                name="bench-node", volume_capabilities=[cap],
-                capacity_range=pb.CapacityRange(required_bytes=256 * MIB))).volume
-            staging = work / "staging"
-            staging.mkdir()
-            stage_req = pb.NodeStageVolumeRequest(volume_id=vol.volume_id,
-                                                  staging_target_path=str(staging),
-                                                  volume_capability=cap)
-            unstage_req = pb.NodeUnstageVolumeRequest(volume_id=vol.volume_id,
-                                                      staging_target_path=str(staging))
-            first = time.perf_counter()
-            client.node.NodeStageVolume(stage_req)
-            print(f"node: first NodeStageVolume (luksFormat + mkfs): "
-                  f"{(time.perf_counter() - first) * 1000:.0f} ms")
-            client.node.NodeUnstageVolume(unstage_req)
-            stages, unstages = [], []
-            for _ in range(rounds):
-                t = time.perf_counter()
-                client.node.NodeStageVolume(stage_req)
-                stages.append((time.perf_counter() - t) * 1000)
-                t = time.perf_counter()
-                client.node.NodeUnstageVolume(unstage_req)
-                unstages.append((time.perf_counter() - t) * 1000)
-            for name, values in (("NodeStageVolume", stages), ("NodeUnstageVolume", unstages)):
-                q = statistics.quantiles(values, n=20)
-                print(f"node: {name}: p50 {statistics.median(values):.0f} ms, "
-                      f"p95 {q[18]:.0f} ms over {rounds} rounds")
-            client.controller.DeleteVolume(pb.DeleteVolumeRequest(volume_id=vol.volume_id))
-        finally:
-            driver.stop()
-
-
-def expand(sizes_gib: list[int]) -> None:
+def expand(sizes_gib: list[int], filesystems: list[str]) -> None:
     import os
     import subprocess
 
@@ -124,7 +153,7 @@ def expand(sizes_gib: list[int]) -> None:
         driver.work.mkdir()
         client = driver.start()
         try:
-            for fs in ("ext4", "xfs"):
+            for fs in filesystems:
                 for gib in sizes_gib:
                     vol = create_volume(client, work, f"grow-{fs}-{gib}", fs,
                                         size=gib * 1024 * MIB)
@@ -151,17 +180,20 @@ def expand(sizes_gib: list[int]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["controller", "node", "expand"])
-    parser.add_argument("--pairs", type=int, default=400)
-    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("what", choices=["controller", "expand"])
+    parser.add_argument("--pairs", type=int, default=400, help="pairs per client count")
+    parser.add_argument("--clients", default="1,8", help="comma-separated client counts")
+    parser.add_argument("--size-mib", type=int, default=16)
+    parser.add_argument("--reference-driver", type=Path, metavar="PATH",
+                        help="csi-driver-host-path's hostpathplugin binary, run beside")
     parser.add_argument("--sizes-gib", type=int, nargs="+", default=[1, 8, 64])
+    parser.add_argument("--fs", default="ext4,xfs", help="comma-separated filesystems (expand)")
     args = parser.parse_args()
     if args.what == "controller":
-        controller(args.pairs, [1, 8])
-    elif args.what == "node":
-        node(args.rounds)
+        controller(args.pairs, [int(c) for c in args.clients.split(",")],
+                   args.size_mib * MIB, args.reference_driver)
     else:
-        expand(args.sizes_gib)
+        expand(args.sizes_gib, args.fs.split(","))
 
 
 if __name__ == "__main__":

@@ -23,9 +23,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests" / "integration" / "keys"))
-
-from etcd_cluster import EtcdCluster  # noqa: E402
+sys.path.insert(0, str(ROOT / "tests"))
 
 from cryptvol.keys import envelope  # noqa: E402
 from cryptvol.keys.kek import KekProvider  # noqa: E402
@@ -38,6 +36,7 @@ from cryptvol.store.base import Put, Store  # noqa: E402
 from cryptvol.store.etcd import EtcdStore  # noqa: E402
 from cryptvol.store.sqlite import SqliteStore  # noqa: E402
 from cryptvol.system.secret import Secret  # noqa: E402
+from support.etcd_cluster import EtcdCluster  # noqa: E402
 
 
 def seed(store: Store, provider: KekProvider, n: int, batch: int) -> float:

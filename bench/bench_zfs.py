@@ -116,8 +116,11 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--written-mib", type=int, default=512)
     parser.add_argument("--throughput-mib", type=int, default=128)
+    parser.add_argument("--zpool", default="cvbench",
+                        help="the throwaway zpool's name (default: cvbench)")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp, zfs_test_pool(Path(tmp), size=3 * 1024**3) as zp:
+    with tempfile.TemporaryDirectory() as tmp, \
+            zfs_test_pool(Path(tmp), size=3 * 1024**3, zpool=args.zpool) as zp:
         plain, encrypted = open_pool("z", zp.plain), open_pool("ze", zp.encrypted)
         bench_snapshots(plain, args.repeat)
         bench_copies(encrypted, args.written_mib)

@@ -56,6 +56,8 @@ class RunningDriver:
     pool_args: list[str] = field(default_factory=list)
     # More `cryptvol serve` flags (e.g. --kubeconfig and the Kata folders).
     extra_args: list[str] = field(default_factory=list)
+    # Tests read the debug lines; benchmarks run at the deployed default, info.
+    log_level: str = "debug"
     proc: subprocess.Popen[bytes] | None = None
     client: CsiClient | None = None
     _log_mark: int = 0
@@ -108,7 +110,7 @@ class RunningDriver:
                 *self.extra_args,
                 "--log-json",
                 "--log-level",
-                "debug",
+                self.log_level,
             ],
             env=env,
             stdout=log,

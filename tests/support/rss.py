@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import os
+import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
 
 
 def _child_status(entry: Path) -> list[str]:
@@ -30,3 +35,27 @@ def cryptsetup_rss_kib() -> tuple[int, int]:
         except OSError:
             continue  # the process ended while we looked
     return total, count
+
+
+class PeakSampler(Generic[T]):
+    """Calls `sample()` every `interval` seconds in a thread of its own while its `with`
+    block runs, and keeps the largest value it returned (`peak`)."""
+
+    def __init__(self, sample: Callable[[], T], interval: float = 0.01) -> None:
+        self.sample, self.interval = sample, interval
+        self.peak: T = sample()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> PeakSampler[T]:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.sample())  # type: ignore[type-var]
+            self._stop.wait(self.interval)

@@ -65,27 +65,28 @@ def datasets_under(dataset: str) -> list[str]:
 
 
 @contextlib.contextmanager
-def zfs_test_pool(work: Path, size: int = 2 * GIB) -> Iterator[ZfsTestPool]:
-    """Load ZFS, make the zpool and its two datasets; destroy the zpool afterwards."""
+def zfs_test_pool(work: Path, size: int = 2 * GIB, zpool: str = ZPOOL) -> Iterator[ZfsTestPool]:
+    """Load ZFS, make the zpool and its two datasets; destroy the zpool afterwards. A
+    benchmark beside the test session's pool names its own `zpool`."""
     zfs_module.load()
     backing = work / "zpool.img"
     with open(backing, "wb") as f:
         f.truncate(size)
     device = run(["losetup", "--find", "--show", str(backing)], timeout=30).stdout.strip()
     try:
-        run(["zpool", "create", "-f", "-m", "none", "-o", "cachefile=none", ZPOOL, device],
+        run(["zpool", "create", "-f", "-m", "none", "-o", "cachefile=none", zpool, device],
             timeout=300)
         try:
-            key = work / "tank-enc.key"
+            key = work / f"{zpool}-enc.key"
             key.write_bytes(os.urandom(32))
             key.chmod(0o600)
-            pool = ZfsTestPool(ZPOOL, f"{ZPOOL}/cryptvol", f"{ZPOOL}/enc", key, work)
+            pool = ZfsTestPool(zpool, f"{zpool}/cryptvol", f"{zpool}/enc", key, work)
             zfs("create", pool.plain)
             pool.encryption_root(pool.encrypted, key)
             yield pool
         finally:
             with contextlib.suppress(CommandError):
-                run(["zpool", "destroy", "-f", ZPOOL], timeout=300)
+                run(["zpool", "destroy", "-f", zpool], timeout=300)
     finally:
         with contextlib.suppress(CommandError):
             run(["losetup", "-d", device], timeout=30)

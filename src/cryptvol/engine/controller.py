@@ -135,7 +135,16 @@ class ControllerEngine:
                         f"the pool has {free} bytes free; a {record.capacity_bytes}-byte "
                         f"volume needs {record.backing_bytes} with its LUKS2 header"
                     )
-                if not self.volumes.insert(record):
+                # A new managed volume's DEK commits with its record: one fsync, not two.
+                # When that cannot be (a rotation moved the key set), the record goes alone
+                # and _finish_create makes the DEK, as after a crash. A copy's DEK is its
+                # source's, copied in _finish_copy.
+                fresh_key = record.key_source == "managed" and record.content_source is None
+                compares, ops = self.keys.new_dek_write(volume_id) if fresh_key else ([], [])
+                inserted = self.volumes.insert(record, with_compares=compares, with_ops=ops)
+                if not inserted and ops:
+                    inserted = self.volumes.insert(record)
+                if not inserted:
                     existing = self.volumes.get(volume_id)
                     if existing is None:
                         raise AlreadyExists(
@@ -314,13 +323,13 @@ class ControllerEngine:
                     "unstage it first"
                 )
             # From here the volume is gone from the API; its snapshots and the copies made
-            # of it keep their own keys and (the pool sees to it) their bytes.
+            # of it keep their own keys and (the pool sees to it) their bytes. The key is
+            # shredded in the commit that marks the volume deleting: from then on the
+            # backing data cannot be read, whatever a crash leaves behind.
             self.volumes.update(volume_id, lambda r: r.model_copy(update={"state":
-                                                                          "deleting"}))
-            failpoints.reached("delete:after-mark")
-            # Shred the key first: from then on the backing data cannot be read, whatever
-            # a crash leaves behind.
-            self.keys.delete_dek(volume_id)
+                                                                          "deleting"}),
+                                with_ops=self.keys.shred_ops(volume_id))
+            self.keys.forget_shredded()
             failpoints.reached("delete:after-key")
             provisioner.delete(volume_id)
             failpoints.reached("delete:after-backing")

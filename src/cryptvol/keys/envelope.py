@@ -162,6 +162,45 @@ def open_envelope(env: Envelope, volume_id: str, kek: Kek) -> Secret:
         ) from None
 
 
+def rewrap(
+    raw: bytes, volume_id: str, find_kek: Callable[[str], Kek], current: Kek
+) -> bytes | None:
+    """The envelope `raw` of `volume_id` wrapped under `current` instead, or None when it
+    already is. Reencrypt does this 100,000 times in a row: the exact layout `to_bytes`
+    writes is handled without building an Envelope or a Secret per key (a third of the cost);
+    any other layout, and every error, takes the path of `unwrap` and `wrap`."""
+    m = _EXACT.fullmatch(raw)
+    if m is not None:
+        kek_id = m.group(1).decode()
+        if kek_id == current.id:
+            return None
+        try:
+            nonce = binascii.a2b_base64(m.group(2), strict_mode=True)
+            ciphertext = binascii.a2b_base64(m.group(3), strict_mode=True)
+        except binascii.Error:
+            nonce = b""
+        if len(nonce) == NONCE_BYTES:
+            associated = volume_id.encode()
+            try:
+                dek = find_kek(kek_id).aead.decrypt(nonce, ciphertext, associated)
+            except InvalidTag:
+                pass  # the slow path below says so, in its words
+            else:
+                fresh = _nonces.take()
+                return b'{"v":%d,"kek":%s,"nonce":"%s","ct":"%s"}' % (
+                    VERSION,
+                    _json_str(current.id),
+                    binascii.b2a_base64(fresh, newline=False),
+                    binascii.b2a_base64(
+                        current.aead.encrypt(fresh, dek, associated), newline=False
+                    ),
+                )
+    env = Envelope.from_bytes(raw, what=f"volume {volume_id}")
+    if env.kek_id == current.id:
+        return None
+    return wrap(current, open_envelope(env, volume_id, find_kek(env.kek_id)), volume_id)
+
+
 def unwrap(raw: bytes, volume_id: str, find_kek: Callable[[str], Kek]) -> Secret:
     """Unwrap the DEK of `volume_id`; `find_kek` maps a KEK id to the loaded KEK or raises."""
     env = Envelope.from_bytes(raw, what=f"volume {volume_id}")

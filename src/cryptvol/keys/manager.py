@@ -229,6 +229,21 @@ class KeyManager:
         _check_volume_id(target_id)
         self._store_new(target_id, lambda: self.get_dek(source_id))
 
+    def new_dek_write(self, volume_id: str) -> tuple[list[Compare], list[Put | Delete]]:
+        """The compares and ops that store a new DEK for `volume_id` inside a caller's
+        transaction (the volume's record and its key in one commit). The compares fail it
+        when the volume has a DEK or the key set moved since it was loaded: then
+        `create_dek` does it alone."""
+        _check_volume_id(volume_id)
+        loaded = self.loaded
+        key = dek_key(volume_id)
+        try:
+            blob = envelope.wrap(loaded.current, Secret(os.urandom(DEK_BYTES)), volume_id)
+        except Exception:
+            self.metrics.wrap_errors.inc()
+            raise
+        return [Compare(key, 0), Compare(KEYSET_KEY, loaded.revision)], [Put(key, blob)]
+
     def get_dek(self, volume_id: str) -> Secret:
         _check_volume_id(volume_id)
         loaded = self.loaded
@@ -241,8 +256,17 @@ class KeyManager:
         """Shred the DEK: delete it, then have the store forget its history, so the wrapped
         key cannot be read back from an earlier revision or the store's files. Run again
         after a failure, it forgets what the failed run left."""
+        self.store.txn([], self.shred_ops(volume_id))
+        self.forget_shredded()
+
+    def shred_ops(self, volume_id: str) -> list[Put | Delete]:
+        """The ops that delete the DEK of `volume_id` inside a caller's transaction; once
+        it has committed, `forget_shredded` finishes the shred."""
         _check_volume_id(volume_id)
-        self.store.txn([], [Delete(dek_key(volume_id)), Delete(dek_key(_next_id(volume_id)))])
+        return [Delete(dek_key(volume_id)), Delete(dek_key(_next_id(volume_id)))]
+
+    def forget_shredded(self) -> None:
+        """Make every DEK deleted so far unreadable from the store's history and files."""
         self.store.forget_history()
 
     # -- replacing one volume's DEK: a new key is made, the node adds a keyslot for it and

@@ -318,16 +318,11 @@ class Rotation:
 
     def _rewrapped(self, e: Entry, loaded: LoadedKeySet) -> bytes | None:
         """The DEK in `e` wrapped under the current KEK, or None if it already is."""
-        volume_id = e.key[len(DEK_PREFIX) :]
         try:
-            env = envelope.Envelope.from_bytes(e.value, what=f"volume {volume_id}")
-            if env.kek_id == loaded.current_id:
-                return None
-            dek = envelope.open_envelope(env, volume_id, loaded.find(env.kek_id))
+            return envelope.rewrap(e.value, e.key[len(DEK_PREFIX) :], loaded.find, loaded.current)
         except Exception:
             self.metrics.unwrap_errors.inc()
             raise
-        return envelope.wrap(loaded.current, dek, volume_id)
 
     def _sweep(
         self, loaded: LoadedKeySet, progress: Progress | None, state: ReencryptState

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import stat
 from pathlib import Path
 
 from cryptvol.errors import FailedPrecondition, NotFound, ResourceExhausted
@@ -25,6 +26,10 @@ class LoopFiles:
 
     def __init__(self, pool_dir: Path) -> None:
         self.pool_dir = pool_dir
+        self._real_dir = os.path.realpath(pool_dir)
+        # The loop device last found holding each volume: one sysfs read confirms it, so a
+        # node RPC on an attached volume scans no other device.
+        self._seen: dict[str, str] = {}
 
     def path(self, volume_id: str) -> Path:
         if not _VOLUME_ID.match(volume_id):
@@ -38,19 +43,42 @@ class LoopFiles:
 
     def attached_device(self, volume_id: str) -> str | None:
         path = self.path(volume_id)
-        if not path.exists():
+        try:
+            mode = os.lstat(path).st_mode
+        except FileNotFoundError:
             return None
+        if stat.S_ISLNK(mode):
+            if not path.exists():
+                return None
+            wanted = os.path.realpath(path)
+        else:
+            wanted = os.path.join(self._real_dir, path.name)
         # sysfs names each loop device's backing file: reading it costs microseconds where
         # running `losetup --associated` costs a process start on every call.
-        wanted = os.path.realpath(path)
-        for backing in sorted(_SYS_BLOCK.glob("loop*/loop/backing_file")):
-            try:
-                name = backing.read_text().strip()
-            except OSError:
-                continue  # detached between the glob and the read
-            if name == wanted:
-                return f"/dev/{backing.parent.parent.name}"
+        seen = self._seen.get(volume_id)
+        if seen is not None and _backing_file(seen) == wanted:
+            return f"/dev/{seen}"
+        for name in sorted(os.listdir(_SYS_BLOCK)):
+            if name.startswith("loop") and _backing_file(name) == wanted:
+                self._seen[volume_id] = name
+                return f"/dev/{name}"
+        self._seen.pop(volume_id, None)
         return None
+
+
+def _backing_file(loop_name: str) -> str | None:
+    """The backing file sysfs names for loop device `loop_name`; None when it has none
+    (detached, or detached meanwhile)."""
+    try:
+        fd = os.open(f"{_SYS_BLOCK}/{loop_name}/loop/backing_file", os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        return os.read(fd, 8192).decode(errors="surrogateescape").strip()
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
 
 
 class LoopProvisioner:

@@ -7,7 +7,7 @@ points at a missing record and two creates with one name cannot both win.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
 from cryptvol.errors import Aborted, NotFound
@@ -47,23 +47,36 @@ class Repository(Generic[R]):
         entry = self.store.get(self.layout.name_key(name))
         return entry.value.decode() if entry else None
 
-    def insert(self, record: R) -> bool:
-        """Add a new record and its name; False when the name or id is already taken."""
+    def insert(
+        self,
+        record: R,
+        *,
+        with_compares: Sequence[Compare] = (),
+        with_ops: Sequence[Put | Delete] = (),
+    ) -> bool:
+        """Add a new record and its name, in one transaction with `with_ops` (another
+        layer's writes that belong with it, under their own `with_compares`); False when the
+        name or id is already taken or one of `with_compares` failed."""
         name_key, record_key = self.layout.name_key(record.name), self.layout.record_key(record.id)
         return self.store.txn(
-            [Compare(name_key, 0), Compare(record_key, 0)],
-            [Put(name_key, record.id.encode()), Put(record_key, encode(record))],
+            [Compare(name_key, 0), Compare(record_key, 0), *with_compares],
+            [Put(name_key, record.id.encode()), Put(record_key, encode(record)), *with_ops],
         )
 
-    def update(self, record_id: str, change: Callable[[R], R]) -> R:
-        """Apply `change` to the stored record with compare-and-swap, retrying a lost race."""
+    def update(
+        self, record_id: str, change: Callable[[R], R], *, with_ops: Sequence[Put | Delete] = ()
+    ) -> R:
+        """Apply `change` to the stored record with compare-and-swap, retrying a lost race;
+        `with_ops` (another layer's unconditional writes) commit with it."""
         key = self.layout.record_key(record_id)
         for _ in range(_CAS_ATTEMPTS):
             entry = self.store.get(key)
             if entry is None:
                 raise NotFound(f"{self.kind} {record_id} does not exist")
             updated = change(self._decode(entry.value))
-            if self.store.txn([Compare(key, entry.revision)], [Put(key, encode(updated))]):
+            if self.store.txn(
+                [Compare(key, entry.revision)], [Put(key, encode(updated)), *with_ops]
+            ):
                 return updated
         raise Aborted(f"{self.kind} {record_id} is being changed concurrently; retry")
 

@@ -68,10 +68,12 @@ def require_blank(device: str) -> None:
 def device_size(device: str) -> int:
     """A block device's size in bytes, as the kernel sees it now."""
     # sysfs counts 512-byte sectors whatever the logical block size; reading it avoids a
-    # process start, which costs tens of milliseconds on a small or emulated node.
-    name = os.path.basename(os.path.realpath(device))
+    # process start, which costs tens of milliseconds on a small or emulated node. The
+    # device number finds it: without udev, /dev/mapper/NAME is a node of its own, not a
+    # link to dm-N.
     try:
-        with open(f"/sys/class/block/{name}/size") as f:
+        rdev = os.stat(device).st_rdev
+        with open(f"/sys/dev/block/{os.major(rdev)}:{os.minor(rdev)}/size") as f:
             return int(f.read().strip()) * 512
     except (OSError, ValueError):
         return int(run(["blockdev", "--getsize64", device], timeout=30).stdout.strip())

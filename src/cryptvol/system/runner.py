@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import subprocess
 import tempfile
@@ -24,6 +25,7 @@ from dataclasses import dataclass, field
 
 from cryptvol.errors import Internal
 
+log = logging.getLogger(__name__)
 AUDIT_ENV = "CRYPTVOL_EXEC_AUDIT"
 _SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _STDERR_TAIL = 800
@@ -136,6 +138,10 @@ def run(
             for fd in (r, w):
                 with contextlib.suppress(OSError):
                     os.close(fd)
+    # The command's name only: where an RPC's time goes (bench/bench_node.py reads these).
+    log.debug("command", extra={"command": os.path.basename(result.argv[0]),
+                                "returncode": result.returncode,
+                                "duration_ms": round(result.seconds * 1000, 1)})
     if check and result.returncode != 0:
         raise CommandError(result.argv, result.returncode, result.stderr)
     return result

@@ -190,7 +190,7 @@ def test_a_driver_killed_at_every_step_of_snapshots_copies_and_deletes_converges
                          "snapshot:after-backing"]),
         (restore, ["create:after-record", "copy:after-key", "copy:after-backing"]),
         (clone, []),
-        (delete_source, ["delete:after-mark", "delete:after-key", "delete:after-backing"]),
+        (delete_source, ["delete:after-key", "delete:after-backing"]),
         (restore_after_delete, []),
         (delete_snapshot, ["snapshot-delete:after-mark", "snapshot-delete:after-key",
                            "snapshot-delete:after-backing"]),

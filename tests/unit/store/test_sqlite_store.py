@@ -6,6 +6,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -130,3 +131,77 @@ def test_processes_sharing_the_file_lose_no_update(tmp_path: Path) -> None:
     assert [p.wait(timeout=120) for p in procs] == [0, 0, 0]
     final = s.get("/n")
     assert final and final.value == b"300"
+
+
+def test_concurrent_writes_share_one_commit_each_with_its_own_revision(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Group commit: writes queued while a commit runs are committed together (one fsync),
+    in queue order, each stamped with its own revision and judged by its own compares."""
+    batches: list[int] = []
+    first_running, release = threading.Event(), threading.Event()
+    apply = store._apply
+
+    def held_apply(txns: list) -> None:  # type: ignore[type-arg]
+        batches.append(len(txns))
+        if len(batches) == 1:
+            first_running.set()
+            release.wait(30)
+        apply(txns)
+
+    monkeypatch.setattr(store, "_apply", held_apply)
+    results: dict[str, bool] = {}
+
+    def put(key: str, name: str) -> None:
+        results[name] = store.txn([Compare(key, 0)], [Put(key, name.encode())])
+
+    leader = threading.Thread(target=put, args=("/first", "first"))
+    leader.start()
+    assert first_running.wait(30)
+    # Queued behind the running commit, one at a time so the queue's order is known: two
+    # creates of one key (the first wins, the second's compare then fails) and five others.
+    followers = [threading.Thread(target=put, args=("/k", name)) for name in ("k1", "k2")]
+    followers += [threading.Thread(target=put, args=(f"/n{i}", f"n{i}")) for i in range(5)]
+    for queued, t in enumerate(followers, start=1):
+        t.start()
+        while len(store._queue) < queued:
+            time.sleep(0.001)
+    release.set()
+    for t in [leader, *followers]:
+        t.join(30)
+    assert batches == [1, 7]
+    assert results == {"first": True, "k1": True, "k2": False,
+                       **{f"n{i}": True for i in range(5)}}
+    k = store.get("/k")
+    assert k is not None and k.value == b"k1" and k.revision == 2
+    # One revision per transaction, in queue order, though all seven shared one commit.
+    assert [e.revision for i in range(5) if (e := store.get(f"/n{i}"))] == [3, 4, 5, 6, 7]
+    assert store.revision() == 7
+
+
+def test_concurrent_forget_history_requests_share_one_checkpoint(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    checkpoints: list[int] = []
+    first_running, release = threading.Event(), threading.Event()
+    checkpoint = store._checkpoint
+
+    def held(requests: list) -> None:  # type: ignore[type-arg]
+        checkpoints.append(len(requests))
+        if len(checkpoints) == 1:
+            first_running.set()
+            release.wait(30)
+        checkpoint(requests)
+
+    monkeypatch.setattr(store, "_checkpoint", held)
+    threads = [threading.Thread(target=store.forget_history) for _ in range(6)]
+    threads[0].start()
+    assert first_running.wait(30)
+    for t in threads[1:]:
+        t.start()
+    while len(store._queue) < 5:
+        time.sleep(0.001)
+    release.set()
+    for t in threads:
+        t.join(30)
+    assert checkpoints == [1, 5]
