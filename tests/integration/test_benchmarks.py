@@ -1,7 +1,7 @@
 """Every benchmark under bench/ that runs on this host runs here, in a size of seconds, so a
 moved module or a renamed flag fails CI instead of rotting. Only that it ran and printed its
 figures is checked: the figures themselves are for people (README, "Benchmarks").
-tests/node/test_benchmarks.py does the same for those that need dm-crypt."""
+tests/node/test_benchmarks_in_vm.py does the same for those that need dm-crypt."""
 
 from __future__ import annotations
 

@@ -21,7 +21,7 @@ ON_HOST: list[Run] = [
      ["managed pbkdf2-min", "parallel unlocks"]),
     ("bench_image.py", ["--smoke"], ["build wall time", "image size"]),
 ]
-# The benchmarks that need dm-crypt, run in the VM (tests/node/test_benchmarks.py).
+# The benchmarks that need dm-crypt, run in the VM (tests/node/test_benchmarks_in_vm.py).
 IN_VM: list[Run] = [
     ("bench_node.py", ["stage", "--rounds", "2", "--size-mib", "32"],
      ["plain stage", "luks stage", "driver stage", "driver / plain"]),
