@@ -2,7 +2,8 @@
 
 Each class names the CSI outcome it stands for; `cryptvol.csi.status` maps them to gRPC
 codes in one place. Messages are shown to users and to the container orchestrator, so they
-say what was wrong and what to do, and never carry key material.
+say what was wrong and what to do, and never carry key material. Whatever a message quotes
+of a request goes through `quoted`, which bounds it.
 """
 
 
@@ -44,3 +45,16 @@ class Unavailable(CryptvolError):
 
 class Internal(CryptvolError):
     """Something that should work did not; the message says what, without secrets."""
+
+
+QUOTE_LIMIT = 128
+
+
+def quoted(value: object) -> str:
+    """`value` as an error message may quote it: in quotes, and at most QUOTE_LIMIT characters
+    of it. Request fields can be megabytes long; a message that quoted one whole would be
+    larger than the gRPC status carries, and the caller would see the wrong code."""
+    text = str(value)
+    if len(text) <= QUOTE_LIMIT:
+        return repr(text)
+    return f"{text[:QUOTE_LIMIT]!r}... ({len(text)} characters)"
