@@ -9,6 +9,7 @@ from cryptvol.cli.demo import demo_command
 from cryptvol.cli.doctor import doctor_command
 from cryptvol.cli.keys import keys_group
 from cryptvol.cli.serve import serve_command
+from cryptvol.cli.state import state_group
 from cryptvol.cli.vm import vm_group
 from cryptvol.cli.volume import volume_group
 
@@ -20,7 +21,7 @@ def cli() -> None:
 
 
 for command in (serve_command, demo_command, doctor_command, volume_group, keys_group,
-                vm_group):
+                state_group, vm_group):
     cli.add_command(command)
 
 

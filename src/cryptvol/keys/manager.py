@@ -210,6 +210,11 @@ class KeyManager:
             raise NotFound(f"volume {volume_id} has no data key in the key store")
         return self._unwrap(entry.value, volume_id, loaded)
 
+    def has_dek(self, volume_id: str) -> bool:
+        """Whether the store holds a wrapped DEK for the volume; nothing is unwrapped."""
+        _check_volume_id(volume_id)
+        return self.store.get(dek_key(volume_id)) is not None
+
     def delete_dek(self, volume_id: str) -> None:
         _check_volume_id(volume_id)
         self.store.txn([], [Delete(dek_key(volume_id))])
@@ -224,6 +229,11 @@ class KeyManager:
         except CryptvolError:
             metrics.UNWRAP_ERRORS.inc()
             raise
+
+
+def stored_dek_ids(store: Store) -> list[str]:
+    """The volume ids the store holds a wrapped DEK for; needs no KEK."""
+    return [entry.key[len(DEK_PREFIX):] for entry in store.range(DEK_PREFIX)]
 
 
 def _check_volume_id(volume_id: str) -> None:

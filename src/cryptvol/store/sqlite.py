@@ -11,7 +11,9 @@ absent everywhere and is swept by the next write.
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import stat
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -67,6 +69,7 @@ class SqliteStore:
         self._lock = threading.RLock()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            _make_private(self.path)
             self._db = sqlite3.connect(
                 str(self.path),
                 isolation_level=None,  # transactions are explicit: BEGIN IMMEDIATE below
@@ -239,3 +242,22 @@ class SqliteStore:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def _make_private(path: Path) -> None:
+    """The database and its -wal and -shm hold wrapped DEKs: owner-only. SQLite makes the
+    -wal and -shm with the database's mode, so a database made 0600 keeps them 0600; files
+    an older cryptvol made with the umask's mode are tightened."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        if stat.S_IMODE(os.fstat(fd).st_mode) & 0o077:
+            os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+    for suffix in ("-wal", "-shm"):
+        side = path.with_name(path.name + suffix)
+        try:
+            if stat.S_IMODE(side.lstat().st_mode) & 0o077 and not side.is_symlink():
+                side.chmod(0o600)
+        except FileNotFoundError:
+            pass
