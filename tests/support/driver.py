@@ -26,6 +26,11 @@ class RunningDriver:
     extra_env: dict[str, str] = field(default_factory=dict)
     # Replaces the default `--pool-dir POOL_DIR` (e.g. several `--pool NAME=KIND:LOC`).
     pool_args: list[str] = field(default_factory=list)
+    # More `cryptvol serve` flags (e.g. `--overcommit-ratio 2`).
+    extra_args: list[str] = field(default_factory=list)
+    # Node request paths must lie inside it; by default the folder holding `work`, which
+    # is pytest's base temp dir when `work` is one of its tmp paths.
+    kubelet_dir: Path | None = None
     proc: subprocess.Popen[bytes] | None = None
     client: CsiClient | None = None
 
@@ -49,7 +54,29 @@ class RunningDriver:
     def pool_dir(self) -> Path:
         return self.work / "pool"
 
-    def start(self, failpoints: str = "") -> CsiClient:
+    def argv(self, *more: str) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "cryptvol",
+            "serve",
+            "--endpoint",
+            self.endpoint,
+            "--node-id",
+            self.node_id,
+            "--state-dir",
+            str(self.state_dir),
+            *(self.pool_args or ["--pool-dir", str(self.pool_dir)]),
+            "--kubelet-dir",
+            str(self.kubelet_dir or self.work.parent),
+            "--log-json",
+            "--log-level",
+            "debug",
+            *self.extra_args,
+            *more,
+        ]
+
+    def env(self, failpoints: str = "") -> dict[str, str]:
         env = dict(os.environ)
         env.update(self.extra_env)
         env["CRYPTVOL_EXEC_AUDIT"] = str(self.audit_path)
@@ -57,32 +84,23 @@ class RunningDriver:
             env["CRYPTVOL_FAILPOINTS"] = failpoints
         else:
             env.pop("CRYPTVOL_FAILPOINTS", None)
+        return env
+
+    def start(self, failpoints: str = "", *more: str) -> CsiClient:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "cryptvol",
-                "serve",
-                "--endpoint",
-                self.endpoint,
-                "--node-id",
-                self.node_id,
-                "--state-dir",
-                str(self.state_dir),
-                *(self.pool_args or ["--pool-dir", str(self.pool_dir)]),
-                "--log-json",
-                "--log-level",
-                "debug",
-            ],
-            env=env,
-            stdout=log,
-            stderr=log,
+            self.argv(*more), env=self.env(failpoints), stdout=log, stderr=log
         )
         log.close()
         self.client = CsiClient(self.endpoint)
         self.client.wait_ready(180)
         return self.client
+
+    def start_refused(self, *more: str) -> subprocess.CompletedProcess[str]:
+        """Run `cryptvol serve` expecting it to refuse to start: its exit and output."""
+        return subprocess.run(
+            self.argv(*more), env=self.env(), capture_output=True, text=True, timeout=180
+        )
 
     def wait_killed(self, timeout: float = 60) -> int:
         assert self.proc is not None

@@ -48,7 +48,7 @@ def running_driver(work: Path) -> Iterator[CsiClient]:
     proc = process.start(
         [sys.executable, "-m", "cryptvol", "serve", "--endpoint", endpoint,
          "--node-id", "demo-node", "--state-dir", str(work / "state"),
-         "--pool-dir", str(work / "pool"), "--log-json"],
+         "--pool-dir", str(work / "pool"), "--kubelet-dir", str(work), "--log-json"],
         env={"PYTHONPATH": os.environ.get("PYTHONPATH", "")},
         stdout=log, stderr=log,
     )

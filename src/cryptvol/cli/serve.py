@@ -59,6 +59,17 @@ def _load_defaults(ctx: click.Context, _param: click.Parameter, value: Path | No
               type=click.Path(path_type=Path), default=None)
 @click.option("--etcd-key-file", envvar="CRYPTVOL_ETCD_KEY_FILE",
               type=click.Path(path_type=Path), default=None)
+@click.option("--kubelet-dir", envvar="CRYPTVOL_KUBELET_DIR", type=click.Path(path_type=Path),
+              default=str(ServeSettings().kubelet_dir), show_default=True,
+              help="kubelet's root dir: node requests may name paths only inside it.")
+@click.option("--overcommit-ratio", envvar="CRYPTVOL_OVERCOMMIT_RATIO", type=float,
+              default=1.0, show_default=True,
+              help="A pool promises volumes of at most its size times this (1.0: never more "
+                   "than it holds).")
+@click.option("--adopt", envvar="CRYPTVOL_ADOPT", is_flag=True, default=False,
+              help="Start over a state store that does not match this node (empty, swapped, "
+                   "or missing records), list the pool volumes it cannot unlock, and mark "
+                   "everything as its own. For recovery, once: see the README.")
 def serve_command(**options: Any) -> None:
     """Serve the CSI Identity, Controller and Node services on a unix socket."""
     options = {k: v for k, v in options.items() if v is not None and v != ()}
@@ -71,7 +82,10 @@ def serve_command(**options: Any) -> None:
                           etcd_key_file=settings.etcd_key_file)
         driver = Driver(DriverSettings(node_id=settings.node_id, role=settings.role,
                                        state_dir=settings.state_dir,
-                                       pools=settings.pool_specs(), keys=keys))
+                                       pools=settings.pool_specs(), keys=keys,
+                                       kubelet_dir=settings.kubelet_dir,
+                                       overcommit_ratio=settings.overcommit_ratio,
+                                       adopt=settings.adopt))
         server = CsiServer(driver, settings.endpoint)
         server.start()
     except CryptvolError as exc:

@@ -4,21 +4,32 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from cryptvol.engine.capacity import CapacityLedger
 from cryptvol.engine.controller import ControllerEngine
 from cryptvol.engine.locks import OperationLocks
 from cryptvol.engine.node import NodeEngine
-from cryptvol.errors import CryptvolError, Unavailable
-from cryptvol.keys.config import KeysConfig, open_keys
+from cryptvol.engine.startup import (
+    StartRefused,
+    check_store_identity,
+    kek_evidence,
+    prepare_state_dir,
+)
+from cryptvol.errors import CryptvolError, Internal, Unavailable
+from cryptvol.keys.config import KeysConfig, open_provider, open_store
+from cryptvol.keys.manager import KeyManager
 from cryptvol.keys.replica import Replica
 from cryptvol.luks.budget import MemoryBudget
 from cryptvol.luks.probe import HostProbe, probe_host
+from cryptvol.mounts.paths import DEFAULT_KUBELET_DIR, KUBELET, PathGuard
 from cryptvol.pools.registry import PoolSpec, open_pools
 from cryptvol.state.nodes import save_host_probe
 from cryptvol.state.repository import VolumeRepository
+from cryptvol.store.base import Store
 
 log = logging.getLogger(__name__)
 Role = Literal["all", "controller", "node"]
@@ -31,36 +42,58 @@ class DriverSettings:
     state_dir: Path
     pools: tuple[PoolSpec, ...]
     keys: KeysConfig | None = None
+    # Node request paths must lie inside it (see mounts.paths).
+    kubelet_dir: Path = DEFAULT_KUBELET_DIR
+    # A pool promises at most its size times this (see engine.capacity).
+    overcommit_ratio: float = 1.0
+    # Accept a state store that does not match this node's markers and pools.
+    adopt: bool = False
 
 
 class Driver:
     def __init__(self, settings: DriverSettings) -> None:
         self.settings = settings
-        settings.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        prepare_state_dir(settings.state_dir)
         # Pools first: a mistyped pool stops the start before any store or thread exists.
         self.pools = open_pools(settings.pools)
-        keys_config = settings.keys or KeysConfig(state_dir=settings.state_dir)
-        # With etcd, a driver whose store is unreachable or whose key set cannot load yet
-        # starts anyway and answers Probe "not ready" until it has loaded. The embedded
-        # store is local: a missing or corrupt KEK file there will not heal by waiting,
-        # so it stops the start with the reason.
-        self.store, self.keys = open_keys(keys_config, lazy=bool(keys_config.etcd_endpoints))
+        self.keys_config = keys_config = settings.keys or KeysConfig(
+            state_dir=settings.state_dir)
+        self.store = _open_store(keys_config)
+        self.volumes = VolumeRepository(self.store)
+        self._identity_lock = threading.Lock()
+        self._identity_problem = ""
+        self._identity_tried = 0.0
+        try:
+            # With etcd, an unreachable store defers the check to readiness (below).
+            self._identity_ok = self._check_identity()
+            # With etcd, a driver whose store is unreachable or whose key set cannot load
+            # yet starts anyway and answers Probe "not ready" until it has loaded. The
+            # embedded store is local: a missing or corrupt KEK file there will not heal by
+            # waiting, so it stops the start with the reason.
+            self.keys = KeyManager(self.store, open_provider(keys_config),
+                                   lazy=bool(keys_config.etcd_endpoints))
+        except BaseException:
+            self.store.close()
+            raise
         self.replica: Replica | None = None
         if settings.role in ("all", "controller"):
             # Controllers wrap new DEKs, so they take part in KEK rotation agreement.
             self.replica = Replica(self.keys, name=settings.node_id, role="controller").start()
-        self.volumes = VolumeRepository(self.store)
         # One lock table for both services: a node and a controller operation on the same
-        # volume in this process must not interleave either.
+        # volume in this process must not interleave either. One ledger too: creates and
+        # node expansions promise from the same pools.
         self.locks = OperationLocks()
+        self.ledger = CapacityLedger(self.volumes, settings.node_id, settings.overcommit_ratio)
         self._host: HostProbe | None = None
         self._probe_error = ""
         self.controller = ControllerEngine(
-            self.volumes, self.keys, self.pools, settings.node_id, self.locks, self.host
+            self.volumes, self.keys, self.pools, settings.node_id, self.locks, self.host,
+            ledger=self.ledger,
         )
         self.budget: MemoryBudget | None = None
         self.node = NodeEngine(
-            self.volumes, self.keys, self.pools, settings.node_id, self.locks
+            self.volumes, self.keys, self.pools, settings.node_id, self.locks,
+            paths=PathGuard({KUBELET: settings.kubelet_dir}), ledger=self.ledger,
         )
         # The probe runs cryptsetup a few times; the socket comes up meanwhile and Probe
         # answers not-ready until it is done.
@@ -103,11 +136,56 @@ class Driver:
     def serves_node(self) -> bool:
         return self.settings.role in ("all", "node")
 
+    def _check_identity(self) -> bool:
+        """Check the store's identity; False when an etcd store cannot be reached yet."""
+        config = self.keys_config
+        try:
+            where = (f"in etcd {config.etcd_endpoints}" if config.etcd_endpoints
+                     else str(config.db_path))
+            check_store_identity(
+                self.store, where,
+                kek_evidence(self.settings.state_dir, local_keks=config.root_key is None),
+                self.pools, self.volumes, adopt=self.settings.adopt)
+        except Unavailable:
+            if not config.etcd_endpoints:
+                raise
+            log.warning("store identity check deferred: the state store is unreachable")
+            return False
+        return True
+
+    def _identity_checked(self) -> bool:
+        """With etcd, the identity check waits for the store; until it has passed the
+        driver is not ready. A store that fails it keeps the driver not ready for good."""
+        if self._identity_ok:
+            return True
+        with self._identity_lock:
+            if self._identity_ok or self._identity_problem or \
+                    time.monotonic() - self._identity_tried < 1.0:
+                return self._identity_ok
+            self._identity_tried = time.monotonic()
+            try:
+                self._identity_ok = self._check_identity()
+            except CryptvolError as exc:
+                self._identity_problem = str(exc)
+                log.error("not serving this state store", extra={"error": str(exc)})
+        return self._identity_ok
+
     def ready(self) -> bool:
         keys_ready = self.replica.ready() if self.replica else self.keys.ready()
-        return self._host is not None and keys_ready
+        return self._host is not None and keys_ready and self._identity_checked()
 
     def close(self) -> None:
         if self.replica is not None:
             self.replica.stop()
+        self.node.kernel_log.close()
         self.store.close()
+
+
+def _open_store(config: KeysConfig) -> Store:
+    try:
+        return open_store(config)
+    except (Internal, Unavailable) as exc:
+        raise StartRefused(
+            f"{exc}. Restore it from a backup, or move it away and start once with --adopt "
+            "(README: 'When the driver refuses to start')"
+        ) from None
