@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import tempfile
 from collections.abc import Callable
@@ -61,6 +62,7 @@ class Scene:
 
     def teardown(self) -> None:
         subprocess.run(["umount", str(self.stranger)], check=False)
+        shutil.rmtree(self.outside, ignore_errors=True)
 
 
 def make_scene(tmp: Path, state_dir: Path) -> Scene:

@@ -11,7 +11,7 @@ import grpc
 from google.protobuf.message import Message
 
 from cryptvol.csi.status import code_for, message_for
-from cryptvol.errors import CryptvolError
+from cryptvol.errors import QUOTE_LIMIT, CryptvolError
 
 log = logging.getLogger("cryptvol.rpc")
 REDACTED = "<redacted>"
@@ -32,7 +32,7 @@ def _subject(request: Message) -> str:
     for field in ("volume_id", "name"):
         value = getattr(request, field, "")
         if value:
-            return str(value)
+            return str(value)[:QUOTE_LIMIT]  # a 1 MiB name is refused, not logged whole
     return ""
 
 

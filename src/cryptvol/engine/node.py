@@ -269,7 +269,7 @@ class NodeEngine:
         with self.locks.hold(volume_id, "NodeUnpublishVolume"):
             opened = _opened(self._require(volume_id))
             _refuse_foreign(opened, target, FailedPrecondition)
-            if target.lstat() is None:
+            if not target.exists():
                 return  # not published there: done already
             for mode in MODES:
                 if mode.unpublish(opened, target):
@@ -288,7 +288,7 @@ class NodeEngine:
         path = self.paths.check(volume_path, "volume_path")
         with self.locks.hold(volume_id, "NodeExpandVolume"):
             record = self._require(volume_id)
-            if path.lstat() is None:
+            if not path.exists():
                 raise NotFound(f"volume_path {quoted(path)} does not exist")
             _refuse_foreign(_opened(record), path, FailedPrecondition)
             if limit and limit < record.capacity_bytes:
@@ -334,26 +334,34 @@ class NodeEngine:
     def stats(self, volume_id: str, volume_path: str) -> VolumeStats:
         path = self.paths.check(volume_path, "volume_path")
         record = self._require(volume_id)
-        found = path.lstat()
-        if found is None:
+        if not path.exists():
             raise NotFound(f"volume_path {quoted(path)} does not exist")
         opened = _opened(record)
         _refuse_foreign(opened, path, FailedPrecondition)
-        block = stat.S_ISBLK(found.st_mode)
-        usage = None
-        problem = self._health(record, opened)
-        if opened.is_open and not dm_suspended(opened.device):
-            try:
+        none = filesystem.Usage(0, 0, 0, 0, 0, 0)
+        try:
+            found = path.lstat()
+            block = found is not None and stat.S_ISBLK(found.st_mode)
+            problem = self._health(record, opened)
+            usage = None
+            # A suspended mapping's I/O waits: nothing is asked of it then.
+            if opened.is_open and not dm_suspended(opened.device):
                 usage = next((u for m in MODES if (u := m.usage(opened, path))), None)
-            except OSError as exc:
-                problem = problem or f"the volume answers {exc.strerror} at {quoted(path)}"
-            if usage is None and problem is None:
-                problem = f"the volume is not mounted at {quoted(path)}; republish the volume"
-            if not block and problem is None:
-                mounted = next((m for m in opened.mounts() if m.target == path.real), None)
-                problem = _filesystem_health(opened, mounted)
-        return VolumeStats(usage or filesystem.Usage(0, 0, 0, 0, 0, 0), block,
-                           problem is not None,
+                if usage is None:
+                    problem = problem or (f"the volume is not mounted at {quoted(path)}; "
+                                          "republish the volume")
+                elif not block and problem is None:
+                    mounted = next((m for m in opened.mounts() if m.target == path.real),
+                                   None)
+                    problem = _filesystem_health(opened, mounted)
+        except OSError as exc:
+            # Looking at a volume that fails fails too: an xfs that shut down answers EIO
+            # even to a stat of its mountpoint.
+            return VolumeStats(none, False, True,
+                               f"the volume answers I/O errors ({exc.strerror}) at "
+                               f"{quoted(path)}: its filesystem may have shut down; unstage "
+                               "the volume and repair the filesystem")
+        return VolumeStats(usage or none, block, problem is not None,
                            problem or "the volume is mounted and its mapping is open")
 
     def _health(self, record: VolumeRecord, opened: OpenedVolume) -> str | None:
@@ -390,7 +398,10 @@ class _Undo:
 
 def _directory(path: NodePath) -> NodePath:
     """A staging path is a directory the orchestrator made (or one this driver may make)."""
-    found = path.lstat()
+    try:
+        found = path.lstat()
+    except OSError:
+        return path  # a mount whose filesystem answers errors: the mount checks decide
     if found is not None and not stat.S_ISDIR(found.st_mode):
         raise InvalidArgument(f"{path.field} {quoted(path)} is not a directory")
     return path

@@ -70,13 +70,13 @@ class HostMount:
             raise
 
     def unpublish(self, volume: OpenedVolume, target: NodePath) -> bool:
-        found = target.lstat()
-        if found is None or not stat.S_ISDIR(found.st_mode):
-            return False
+        # Unmount first: a filesystem that shut down answers a stat of its mountpoint with
+        # EIO, and the directory beneath is what is to be removed.
         own = _own_mounts(volume, target)
         for _ in own:
             filesystem.unmount(target.real)
-        if target.is_empty_dir():
+        found = target.lstat()
+        if found is not None and stat.S_ISDIR(found.st_mode) and target.is_empty_dir():
             target.remove_dir()  # the directory this mode made, or an empty one kubelet did
             return True
         return bool(own)

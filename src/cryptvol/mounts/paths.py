@@ -75,6 +75,14 @@ class NodePath:
             except FileNotFoundError:
                 return None
 
+    def exists(self) -> bool:
+        """Whether anything is at the path. A mount whose filesystem answers errors to a
+        stat (an xfs that shut down answers EIO) is there too."""
+        try:
+            return self.lstat() is not None
+        except OSError as exc:
+            return exc.errno not in (errno.ENOENT, errno.ENOTDIR)
+
     def make_dir(self, mode: int = 0o750) -> bool:
         """Make the directory unless it exists; return whether this call made it."""
         with self.parent_fd() as parent:
@@ -160,7 +168,12 @@ class PathGuard:
             )
         node_path = NodePath("/" + "/".join(parts), self.roots[root], tuple(below), field)
         with node_path.parent_fd() as parent:
-            found = _lstat_at(parent, node_path.name)
+            try:
+                found = _lstat_at(parent, node_path.name)
+            except OSError:
+                # Only a mountpoint's filesystem can answer a stat with an error (an xfs
+                # that shut down answers EIO); a symlink's own status never reaches one.
+                found = None
         if found is not None and stat.S_ISLNK(found.st_mode):
             raise InvalidArgument(f"{field} {shown} is a symbolic link; it is not followed")
         return node_path
