@@ -199,14 +199,16 @@ class ControllerEngine:
             "luks": "; ".join(record.luks.reasons),
         }
         problem = self._condition(record) if condition else None
+        fine = ("the volume has its backing volume and its key" if record.node_id ==
+                self.node_id else f"the volume lives on node {record.node_id}, whose driver "
+                "checks it")
         return VolumeInfo(
             volume_id=record.id,
             capacity_bytes=record.capacity_bytes,
             volume_context=context,
             topology={TOPOLOGY_KEY: record.node_id},
             abnormal=problem is not None,
-            condition=problem or ("the volume has its backing volume and its key"
-                                  if condition else ""),
+            condition=problem or (fine if condition else ""),
         )
 
     def _condition(self, record: VolumeRecord) -> str | None:

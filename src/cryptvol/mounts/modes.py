@@ -65,7 +65,6 @@ class OpenedVolume:
         """Every mount of this volume on this node."""
         return [m for m in mounts() if self.owns(m)] if self.rdev else []
 
-
     def foreign_mount_at(self, path: NodePath) -> Mount | None:
         """A mount at `path` that is not this volume's, if any: a path holding one is
         someone else's, and no step acts on it."""

@@ -22,7 +22,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,32 +84,35 @@ class NodePath:
             return exc.errno not in (errno.ENOENT, errno.ENOTDIR)
 
     def make_dir(self, mode: int = 0o750) -> bool:
-        """Make the directory unless it exists; return whether this call made it."""
+        """Make the directory unless it exists; return whether this call made it.
+        NotADirectoryError when something else is there."""
         with self.parent_fd() as parent:
             try:
                 os.mkdir(self.name, mode, dir_fd=parent)
                 return True
             except FileExistsError:
-                found = os.stat(self.name, dir_fd=parent, follow_symlinks=False)
-                if not stat.S_ISDIR(found.st_mode):
-                    raise NotADirectoryError(errno.ENOTDIR, "not a directory", self.path) \
-                        from None
+                self._expect(parent, stat.S_ISDIR, NotADirectoryError(
+                    errno.ENOTDIR, "not a directory", self.path))
                 return False
 
     def make_file(self, mode: int = 0o600) -> bool:
-        """Make an empty regular file unless one exists; return whether this call made it."""
+        """Make an empty regular file unless one exists; return whether this call made it.
+        IsADirectoryError when something else is there."""
         with self.parent_fd() as parent:
             try:
                 fd = os.open(self.name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
                              | os.O_CLOEXEC, mode, dir_fd=parent)
             except FileExistsError:
-                found = os.stat(self.name, dir_fd=parent, follow_symlinks=False)
-                if not stat.S_ISREG(found.st_mode):
-                    raise IsADirectoryError(errno.EISDIR, "not a regular file", self.path) \
-                        from None
+                self._expect(parent, stat.S_ISREG, IsADirectoryError(
+                    errno.EISDIR, "not a regular file", self.path))
                 return False
             os.close(fd)
             return True
+
+    def _expect(self, parent: int, kind: Callable[[int], bool], otherwise: OSError) -> None:
+        found = os.stat(self.name, dir_fd=parent, follow_symlinks=False)
+        if not kind(found.st_mode):
+            raise otherwise
 
     def remove_dir(self) -> None:
         """Remove the (empty) directory; an absent one is already removed."""

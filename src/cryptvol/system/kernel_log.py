@@ -1,11 +1,12 @@
 """I/O errors the kernel reported for block devices, read from /dev/kmsg.
 
 The kernel counts no I/O errors for loop or device-mapper devices anywhere a program can
-read; it logs them ("I/O error, dev loop3, sector ...", "Buffer I/O error on dev dm-1",
-"EXT4-fs warning (device dm-1): ... I/O error", "XFS (dm-1): log I/O error"). This reader
-follows the log from the moment it is opened (what came before belongs to devices that may
-have been others since: names are reused) and remembers the last error per device name
-until `forget` says the name now stands for a new device.
+read; it logs them ("I/O error, dev loop3, sector ...", "critical space allocation error,
+dev loop3, sector ..." for a loop write its full backing filesystem refused, "Buffer I/O
+error on dev dm-1", "EXT4-fs warning (device dm-1): ... I/O error", "XFS (dm-1): log I/O
+error"). This reader follows the log from the moment it is opened (what came before belongs
+to devices that may have been others since: names are reused) and remembers the last error
+per device name until `forget` says the name now stands for a new device.
 """
 
 from __future__ import annotations
@@ -19,7 +20,11 @@ from collections.abc import Iterable
 KMSG = "/dev/kmsg"
 _RECORD_BYTES = 8192
 _PATTERNS = (
-    re.compile(r"I/O error, dev ([\w.-]+)"),
+    # The block layer: "<kind> error, dev loop3, sector ..." where kind is "I/O", or
+    # "critical space allocation" for a write a full backing filesystem refused. Not
+    # "operation not supported": a loop device on tmpfs refuses WRITE_ZEROES, and its
+    # callers fall back to writing zeros.
+    re.compile(r"(?<!operation not supported )error, dev ([\w.-]+), sector"),
     re.compile(r"Buffer I/O error on dev(?:ice)? ([\w.-]+)"),
     re.compile(r"\(device ([\w.-]+)\):.*I/O error"),
     re.compile(r"XFS \(([\w.-]+)\):.*(?:I/O error|[Ss]hut(?:ting)? down)"),

@@ -77,6 +77,14 @@ def test_an_emptied_store_is_refused_and_nothing_changes(used, loss):
     assert "--adopt" in line and "backup" in line
 
 
+def test_an_unreadable_store_is_refused(used):
+    driver, _ = used
+    db = driver.state_dir / "cryptvol.db"
+    db.write_bytes(os.urandom(8192))
+    line = refused(driver)
+    assert "file is not a database" in line and "Restore it from a backup" in line
+
+
 def test_a_store_whose_wal_was_lost_after_a_crash_is_refused(tmp_path):
     driver = RunningDriver(tmp_path)
     csi = driver.start()
