@@ -1,4 +1,4 @@
-"""Build hook: generate the CSI stubs from csi.proto whenever the package is built.
+"""Build hook: generate the gRPC stubs (CSI, KMS v2) from their .proto whenever the package is built.
 
 All metadata lives in pyproject.toml. This file only swaps in a build_py that runs
 scripts/gen_proto.py first, which covers `pip install .` (wheel) and `pip install -e .`
@@ -16,15 +16,18 @@ from setuptools import setup
 from setuptools.command.build_py import build_py
 
 ROOT = Path(__file__).resolve().parent
-GENERATED_PACKAGE = "cryptvol.csi.gen"
-GENERATED_DIR = ROOT / "src" / "cryptvol" / "csi" / "gen"
+# What scripts/gen_proto.py writes: one `gen` package per API.
+GENERATED = {
+    "cryptvol.csi.gen": ROOT / "src" / "cryptvol" / "csi" / "gen",
+    "cryptvol.kms.gen": ROOT / "src" / "cryptvol" / "kms" / "gen",
+}
 
 
-def _generate_csi_stubs() -> None:
+def _generate_stubs() -> None:
     if importlib.util.find_spec("grpc_tools") is None:
         # Builds without grpcio-tools keep working from already generated stubs.
         print(
-            "warning: grpc_tools is not importable, CSI stubs not regenerated; "
+            "warning: grpc_tools is not importable, gRPC stubs not regenerated; "
             "add grpcio-tools to [build-system].requires",
             file=sys.stderr,
         )
@@ -34,23 +37,26 @@ def _generate_csi_stubs() -> None:
     if spec is None or spec.loader is None:
         raise RuntimeError(f"cannot load {script}")
     module = importlib.util.module_from_spec(spec)
+    # Registered first: its dataclasses look their module up in sys.modules.
+    sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     module.generate()
 
 
-class BuildPyWithCsiStubs(build_py):
-    """build_py that generates cryptvol.csi.gen before collecting the packages."""
+class BuildPyWithStubs(build_py):
+    """build_py that generates the `gen` packages before collecting the packages."""
 
     def run(self) -> None:
-        _generate_csi_stubs()
-        # Package discovery ran before the generated package existed on a clean checkout.
+        _generate_stubs()
+        # Package discovery ran before the generated packages existed on a clean checkout.
         packages = self.packages if self.packages is not None else []
-        if GENERATED_DIR.is_dir() and GENERATED_PACKAGE not in packages:
-            packages.append(GENERATED_PACKAGE)
-            self.packages = packages
-        # Ship the typing stub next to the module; build_py only collects *.py by itself.
-        self.package_data.setdefault(GENERATED_PACKAGE, []).append("*.pyi")
+        for package, directory in GENERATED.items():
+            if directory.is_dir() and package not in packages:
+                packages.append(package)
+            # Ship the typing stub next to the module; build_py only collects *.py by itself.
+            self.package_data.setdefault(package, []).append("*.pyi")
+        self.packages = packages
         super().run()
 
 
-setup(cmdclass={"build_py": BuildPyWithCsiStubs})
+setup(cmdclass={"build_py": BuildPyWithStubs})

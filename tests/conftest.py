@@ -2,9 +2,11 @@
 
 Every test under tests/node is marked `node`. On a host whose kernel has device-mapper and
 loop devices, and inside the VM (`CRYPTVOL_IN_VM=1`), they run like any other test.
-Elsewhere the first node test boots the VM once for the whole session and runs every
-selected node test inside it with pytest; each node test on the host then reports the
-guest's result for it (from the guest's JUnit XML), so the summary counts them one by one.
+Elsewhere the VM boots once for the whole session and runs every selected node test inside
+it with pytest; each node test on the host then reports the guest's result for it (from the
+guest's JUnit XML), so the summary counts them one by one. When host tests are selected too,
+the VM starts right after collection and runs beside them (its output is shown when the
+first node test reports); alone, node tests boot it when the first one runs.
 
 The guest's pytest output streams to the terminal and to a log file whose path is printed.
 Without QEMU or the VM's parts, node tests skip on a developer's machine and fail in CI
@@ -13,10 +15,12 @@ Without QEMU or the VM's parts, node tests skip on a developer's machine and fai
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sys
 import tempfile
+import threading
 import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
@@ -58,12 +62,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if _is_node(item):
             item.add_marker(pytest.mark.node)
+    if config.stash[_MODE_KEY].in_vm:
+        # Host tests first: they run while the VM does, and node tests report after them.
+        items.sort(key=_is_node)
 
 
 @pytest.hookimpl(trylast=True)
 def pytest_collection_finish(session: pytest.Session) -> None:
     if any(_is_node(item) for item in session.items):
-        session.config.stash[_MODE_KEY].announce()
+        mode = session.config.stash[_MODE_KEY]
+        mode.announce()
+        if mode.in_vm and any(not _is_node(item) for item in session.items):
+            # The guest's emulated CPU and the host tests' waits (servers starting, commands
+            # running) overlap: the VM runs beside the host tests instead of after them.
+            mode.start_in_background(session)
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -111,13 +123,48 @@ class _NodeMode:
         self._skip_reason: str | None = None
         self._work: Path | None = None
         self._keep_work = False
+        self._background: threading.Thread | None = None
+        self._cancel = threading.Event()
+        self._lines: list[str] = []  # what a background run has to say, said after it
 
     def announce(self) -> None:
         if not self._announced:
             self._announced = True
             self._write_line(self.line)
 
+    def start_in_background(self, session: pytest.Session) -> None:
+        self._ran = True
+        self._work = Path(tempfile.mkdtemp(prefix="cryptvol-node-tests-"))
+        self._write_line(
+            "node tests: the VM runs beside the host tests; guest output in "
+            f"{self._work / 'guest-pytest.log'}, shown once it is done"
+        )
+        self._background = threading.Thread(
+            target=self._run_guest_in_background, args=(session,), name="node-tests-vm",
+            daemon=True)
+        self._background.start()
+
+    def _run_guest_in_background(self, session: pytest.Session) -> None:
+        try:
+            self._run_guest(session, stream=False)
+        except Exception as exc:  # a thread's exception would be lost: every node test says it
+            self._problem = f"the VM run failed: {type(exc).__name__}: {exc}"
+
+    def _wait_for_background(self) -> None:
+        thread, self._background = self._background, None
+        if thread is None:
+            return
+        thread.join()
+        assert self._work is not None
+        capman = self.config.pluginmanager.getplugin("capturemanager")
+        with capman.global_and_fixture_disabled():
+            sys.stdout.buffer.write((self._work / "guest-pytest.log").read_bytes())
+            sys.stdout.flush()
+        for line in self._lines:
+            self._write_line(line)
+
     def reports_for(self, item: pytest.Item) -> list[TestReport]:
+        self._wait_for_background()
         if not self._ran:
             self._ran = True
             self._run_guest(item.session)
@@ -138,12 +185,21 @@ class _NodeMode:
         return reports
 
     def cleanup(self) -> None:
+        thread = self._background
+        if thread is not None:  # the session ended before any node test was reported
+            self._cancel.set()
+            thread.join()
         if self._work is not None and not self._keep_work:
             shutil.rmtree(self._work, ignore_errors=True)
 
-    def _run_guest(self, session: pytest.Session) -> None:
+    def _run_guest(self, session: pytest.Session, stream: bool = True) -> None:
+        """Boot the VM and run every node test in it. `stream`: the guest's output also goes
+        to the terminal as it comes; without it (a background run) only to the log, and
+        what this says is kept for the main thread to write."""
         nodeids = [i.nodeid for i in session.items if _is_node(i)]
-        self._work = Path(tempfile.mkdtemp(prefix="cryptvol-node-tests-"))
+        if self._work is None:
+            self._work = Path(tempfile.mkdtemp(prefix="cryptvol-node-tests-"))
+        say = self._write_line if stream else self._lines.append
         junit = self._work / "junit.xml"
         log_path = self._work / "guest-pytest.log"
         argv = [
@@ -172,14 +228,15 @@ class _NodeMode:
         if os.environ.get("CI"):
             env["CI"] = os.environ["CI"]
         timeout = float(os.environ.get(TIMEOUT_ENV) or DEFAULT_TIMEOUT)
-        self._write_line(
+        say(
             f"node tests: booting the VM for {len(nodeids)} node test(s); "
             f"guest output also in {log_path}"
         )
         started = time.monotonic()
         capman = self.config.pluginmanager.getplugin("capturemanager")
-        with open(log_path, "wb") as log, capman.global_and_fixture_disabled():
-            tee = _Tee(log, sys.stdout.buffer)
+        quiet = capman.global_and_fixture_disabled() if stream else contextlib.nullcontext()
+        with open(log_path, "wb") as log, quiet:
+            tee = _Tee(log, sys.stdout.buffer) if stream else _Tee(log)
             try:
                 code = run_in_vm(
                     argv,
@@ -189,6 +246,7 @@ class _NodeMode:
                     work_dir=self._work,
                     output=tee,
                     error_output=tee,
+                    cancel=self._cancel,
                 )
             except VmUnavailable as exc:
                 if os.environ.get("CI"):
@@ -200,8 +258,9 @@ class _NodeMode:
                 self._problem = str(exc)
                 return
             finally:
-                sys.stdout.flush()
-        self._write_line(
+                if stream:
+                    sys.stdout.flush()
+        say(
             f"node tests: the VM finished in {time.monotonic() - started:.1f} s "
             f"(guest pytest exit code {code})"
         )

@@ -1,6 +1,6 @@
 """The one error hierarchy every layer raises.
 
-Each class names the CSI outcome it stands for; `cryptvol.csi.status` maps them to gRPC
+Each class names the CSI outcome it stands for; `cryptvol.rpc.status` maps them to gRPC
 codes in one place. Messages are shown to users and to the container orchestrator, so they
 say what was wrong and what to do, and never carry key material. Whatever a message quotes
 of a request goes through `quoted`, which bounds it.

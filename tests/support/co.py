@@ -135,7 +135,10 @@ def create_volume(
     size: int = 64 * MIB,
     parameters: dict[str, str] | None = None,
     secrets: dict[str, str] | None = None,
+    source: pb.VolumeContentSource | None = None,
 ) -> Volume:
+    """CreateVolume as the external-provisioner sends it; with `source`, a copy of that
+    snapshot or volume (`from_snapshot`, `from_volume`)."""
     if kind == "xfs":
         size = max(size, 300 * MIB)
     response = csi.controller.CreateVolume(
@@ -145,6 +148,7 @@ def create_volume(
             capacity_range=pb.CapacityRange(required_bytes=size),
             parameters=parameters or {},
             secrets=secrets or {},
+            volume_content_source=source,
         )
     )
     base = work / name
@@ -152,3 +156,19 @@ def create_volume(
     return Volume(
         csi, response.volume.volume_id, kind, base / "staging", base / "target", secrets or {}
     )
+
+
+def from_snapshot(snapshot_id: str) -> pb.VolumeContentSource:
+    return pb.VolumeContentSource(
+        snapshot=pb.VolumeContentSource.SnapshotSource(snapshot_id=snapshot_id))
+
+
+def from_volume(volume_id: str) -> pb.VolumeContentSource:
+    return pb.VolumeContentSource(volume=pb.VolumeContentSource.VolumeSource(volume_id=volume_id))
+
+
+def create_snapshot(csi: CsiClient, name: str, volume_id: str) -> pb.Snapshot:
+    """CreateSnapshot as the csi-snapshotter sends it."""
+    return csi.controller.CreateSnapshot(
+        pb.CreateSnapshotRequest(name=name, source_volume_id=volume_id)
+    ).snapshot

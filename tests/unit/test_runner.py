@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from cryptvol.system import CommandError, SecretFd, run
+from cryptvol.system import CommandError, SecretFd, run, run_pipeline
 from cryptvol.system.secret import Secret
 
 
@@ -57,3 +57,30 @@ def test_a_secret_never_prints():
     assert "topsecret" not in f"{secret}"
     assert secret.reveal() == b"\x01\x02topsecret"
     assert os.urandom(0) == b""
+
+
+def test_a_pipeline_streams_one_command_into_the_next(tmp_path, monkeypatch):
+    audit = tmp_path / "audit.jsonl"
+    monkeypatch.setenv("CRYPTVOL_EXEC_AUDIT", str(audit))
+    result = run_pipeline(["printf", "a\\nb\\n"], ["wc", "-l"])
+    assert result.stdout.strip() == "2"
+    assert [json.loads(line)["argv"][0] for line in audit.read_text().splitlines()] == [
+        "printf", "wc"]
+
+
+def test_a_pipeline_names_the_consumer_that_refused_the_stream():
+    with pytest.raises(CommandError) as info:
+        run_pipeline(["yes"], ["sh", "-c", "head -c 10 >/dev/null; echo refused >&2; exit 4"])
+    assert info.value.command == "sh" and info.value.returncode == 4
+    assert "refused" in str(info.value)
+
+
+def test_a_pipeline_whose_producer_fails_says_so():
+    with pytest.raises(CommandError) as info:
+        run_pipeline(["sh", "-c", "echo broken >&2; exit 2"], ["cat"])
+    assert info.value.returncode == 2 and "broken" in str(info.value)
+
+
+def test_a_hung_pipeline_times_out():
+    with pytest.raises(CommandError, match="timed out"):
+        run_pipeline(["sleep", "5"], ["cat"], timeout=0.3)

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from cryptvol.vm import parts
-from cryptvol.vm.parts import _is_static_elf, _without_signature, initramfs_key
+from cryptvol.vm.modules import without_signature
+from cryptvol.vm.parts import _is_static_elf, initramfs_key
 
 
 def signed(body: bytes, signature: bytes) -> bytes:
@@ -19,12 +20,12 @@ def signed(body: bytes, signature: bytes) -> bytes:
 
 def test_a_module_signature_is_cut_off_exactly() -> None:
     body = b"\x7fELF" + bytes(range(200))
-    assert _without_signature(signed(body, b"S" * 517)) == body
+    assert without_signature(signed(body, b"S" * 517)) == body
 
 
 def test_an_unsigned_module_is_left_alone() -> None:
     body = b"\x7fELF unsigned"
-    assert _without_signature(body) == body
+    assert without_signature(body) == body
 
 
 def test_only_a_statically_linked_executable_counts_as_static() -> None:

@@ -1,22 +1,31 @@
-"""`cryptvol doctor`: what this host's cryptsetup and kernel can do, and what to fix.
+"""`cryptvol doctor`: what this host's cryptsetup, kernel and pools can do, and what to fix.
 
-One line per finding with a verdict (ok, warn, fail) and, for each problem, what to do.
-`--json` prints the same checks plus the raw probe (the one the driver caches).
+One line per finding with a verdict (ok, warn, fail; skip for a check that needs what
+failed) and, for each problem, what to do; then the overall verdict. Pools are the ones
+`cryptvol serve` would configure (`--pool`, `--pool-dir`, `--config`, or their CRYPTVOL_*
+variables): each is reported with its free space and the encryption it applies beneath
+LUKS2, if any. `--json` prints the same, plus the raw probe (the one the driver caches).
 Exit code: 0 when nothing failed, 1 when a check failed (the driver cannot work here).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Literal
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
 import click
 
-from cryptvol.luks.budget import default_budget_kib
-from cryptvol.luks.probe import HostProbe, probe_host
+from cryptvol.errors import CryptvolError
 
-Verdict = Literal["ok", "warn", "fail"]
+if TYPE_CHECKING:  # imported where used: the CLI starts faster without pydantic's models
+    from cryptvol.luks.probe import HostProbe
+    from cryptvol.pools.base import Pool
+    from cryptvol.pools.registry import PoolSpec
+
+Verdict = Literal["ok", "warn", "fail", "skip"]
 
 
 @dataclass(frozen=True)
@@ -76,12 +85,15 @@ def checks(host: HostProbe) -> list[Check]:
         "the driver's seccomp profile",
     ))
     workqueue = "no_read_workqueue" in host.perf_flags
-    found.append(Check(
-        "perf flags", ", ".join(host.perf_flags) or "none",
-        "ok" if workqueue else "warn",
-        "" if workqueue else f"{host.perf_flags_detail}; perfNoRead/WriteWorkqueue are "
-        "left out on this node (kernel 5.9+ accepts them)",
-    ))
+    if not host.dm_crypt:
+        found.append(Check("perf flags", "not checked", "skip", "they need dm-crypt"))
+    else:
+        found.append(Check(
+            "perf flags", ", ".join(host.perf_flags) or "none",
+            "ok" if workqueue else "warn",
+            "" if workqueue else f"{host.perf_flags_detail}; perfNoRead/WriteWorkqueue are "
+            "left out on this node (kernel 5.9+ accepts them)",
+        ))
     found.append(_memory(host))
     return found
 
@@ -105,6 +117,8 @@ def _kernel_crypto(host: HostProbe) -> Check:
 
 
 def _memory(host: HostProbe) -> Check:
+    from cryptvol.luks.budget import default_budget_kib
+
     total = host.usable_memory_kib
     budget = default_budget_kib(host)
     value = f"{total // 1024} MiB usable, unlock budget {budget // 1024} MiB"
@@ -115,6 +129,75 @@ def _memory(host: HostProbe) -> Check:
                      "argon2 passphrase volumes get their PBKDF memory capped to the budget; "
                      "unlocks wait their turn when many volumes stage at once")
     return Check("memory", value, "ok")
+
+
+def overall(found: list[Check]) -> Verdict:
+    """fail when any check failed (no volume can work here), warn when any warned, else ok."""
+    for verdict in ("fail", "warn"):
+        if any(c.verdict == verdict for c in found):
+            return verdict
+    return "ok"
+
+
+def verdict_line(found: list[Check]) -> str:
+    verdict = overall(found)
+    names = ", ".join(c.name for c in found if c.verdict == verdict)
+    if verdict == "fail":
+        return f"verdict: FAIL ({names}): cryptvol cannot serve volumes here until fixed"
+    if verdict == "warn":
+        return f"verdict: OK, with warnings ({names})"
+    return "verdict: OK"
+
+
+# What LUKS2 over a natively encrypted ZFS dataset costs, stated rather than measured on
+# each node (doctor writes nothing to a pool). bench/bench_zfs.py measures it in the VM.
+DOUBLE_ENCRYPTION_COST = (
+    "LUKS2 on top encrypts every block twice (dm-crypt AES-XTS, then ZFS {cipher}): about "
+    "twice the CPU per byte written or read, for no added secrecy; ZFS compression and "
+    "dedup see only ciphertext either way. Prefer a dataset without native encryption for "
+    "cryptvol pools (bench/bench_zfs.py measures the cost)"
+)
+
+
+def pool_checks(specs: Sequence[PoolSpec]) -> list[Check]:
+    """One line per configured pool (what it is, its space) and, where the pool can encrypt
+    beneath LUKS, one on that encryption."""
+    if not specs:
+        return [Check("pools", "none given", "ok",
+                      "pass the driver's --pool/--pool-dir/--config to check its pools")]
+    from cryptvol.pools.registry import open_pools
+
+    try:
+        pools = open_pools(specs).all()
+    except CryptvolError as exc:
+        return [Check("pools", "cannot be opened", "fail", str(exc))]
+    found = []
+    for pool in pools:
+        found.extend(_pool_checks(pool))
+    return found
+
+
+def _pool_checks(pool: Pool) -> list[Check]:
+    label = f"pool {pool.name}"
+    what = f"{pool.kind}:{pool.location}"
+    try:
+        space = pool.provisioner.space()
+    except CryptvolError as exc:
+        return [Check(label, what, "fail", str(exc))]
+    found = [Check(label, f"{what}, {space.free_bytes // 2**20} MiB free", "ok")]
+    if pool.encryption is None:
+        return found
+    state = pool.encryption()
+    name = f"{label} encryption"
+    if state.cipher == "off":
+        found.append(Check(name, "none beneath LUKS2", "ok"))
+    elif not state.key_loaded:
+        found.append(Check(name, f"{state.cipher} (root {state.root}, key not loaded)", "fail",
+                           f"run `zfs load-key {state.root}`"))
+    else:
+        found.append(Check(name, f"{state.cipher} (root {state.root}, key loaded)", "warn",
+                           DOUBLE_ENCRYPTION_COST.format(cipher=state.cipher)))
+    return found
 
 
 def render_table(found: list[Check]) -> str:
@@ -129,19 +212,44 @@ def render_table(found: list[Check]) -> str:
     return "\n".join(lines)
 
 
+def _load_defaults(ctx: click.Context, _param: click.Parameter, value: Path | None) -> None:
+    from cryptvol.cli.config import load_config_file
+
+    if value is not None:
+        table = load_config_file(value)
+        ctx.default_map = {k: v for k, v in table.items() if k in ("pool", "pool_dir")}
+
+
 @click.command("doctor")
 @click.option("--json", "as_json", is_flag=True, help="print the probe and checks as JSON")
-def doctor_command(as_json: bool) -> None:
-    """Probe this host for what cryptvol needs and say what to fix."""
+@click.option("--config", type=click.Path(path_type=Path, dir_okay=False),
+              envvar="CRYPTVOL_CONFIG", callback=_load_defaults, is_eager=True,
+              expose_value=False, help="The driver's TOML file; its pools are checked.")
+@click.option("--pool", envvar="CRYPTVOL_POOL", multiple=True,
+              help="A pool as `cryptvol serve` takes it (NAME=KIND:LOCATION); repeatable.")
+@click.option("--pool-dir", envvar="CRYPTVOL_POOL_DIR", type=click.Path(path_type=Path),
+              default=None, help="The driver's one loop pool, as `cryptvol serve` takes it.")
+def doctor_command(as_json: bool, pool: tuple[str, ...], pool_dir: Path | None) -> None:
+    """Probe this host and the driver's pools for what cryptvol needs and say what to fix."""
+    from cryptvol.cli.config import ServeSettings
+    from cryptvol.luks.probe import probe_host
+
     host = probe_host()
     found = checks(host)
+    try:
+        specs = ServeSettings(pool=tuple(pool), pool_dir=pool_dir).pool_specs() \
+            if pool or pool_dir else ()
+    except CryptvolError as exc:
+        raise click.UsageError(str(exc)) from None
+    found += pool_checks(specs)
     if as_json:
         click.echo(json.dumps({
+            "verdict": overall(found),
             "checks": [asdict(c) for c in found],
             "probe": json.loads(host.to_json()),
         }, indent=2))
     else:
         click.echo(render_table(found))
-        click.echo(f"(probed in {host.seconds:.1f} s)")
-    if any(c.verdict == "fail" for c in found):
+        click.echo(f"{verdict_line(found)}   (probed in {host.seconds:.1f} s)")
+    if overall(found) == "fail":
         raise SystemExit(1)

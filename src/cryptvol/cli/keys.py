@@ -19,7 +19,6 @@ from typing import Any, TypeVar
 
 import click
 
-from cryptvol.errors import CryptvolError
 from cryptvol.keys.config import DEFAULT_STATE_DIR, KeysConfig
 from cryptvol.system.secret import Secret
 
@@ -52,7 +51,7 @@ def store_options(fn: F) -> F:
 
     @click.option(
         "--state-dir",
-        type=click.Path(path_type=Path, file_okay=False),
+        type=click.Path(path_type=Path, file_okay=False, readable=False),
         envvar="CRYPTVOL_STATE_DIR",
         help=f"State dir of the embedded store and local KEK file [default: {DEFAULT_STATE_DIR}].",
     )
@@ -96,18 +95,15 @@ def store_options(fn: F) -> F:
         etcd_key_file: Path | None,
         **kwargs: Any,
     ) -> Any:
-        try:
-            config = keys_config(
-                state_dir,
-                etcd_endpoints,
-                root_key,
-                etcd_ca_file=etcd_ca_file,
-                etcd_cert_file=etcd_cert_file,
-                etcd_key_file=etcd_key_file,
-            )
-            return fn(*args, config=config, **kwargs)
-        except CryptvolError as exc:
-            raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
+        config = keys_config(
+            state_dir,
+            etcd_endpoints,
+            root_key,
+            etcd_ca_file=etcd_ca_file,
+            etcd_cert_file=etcd_cert_file,
+            etcd_key_file=etcd_key_file,
+        )
+        return fn(*args, config=config, **kwargs)
 
     return wrapper  # type: ignore[return-value]
 
@@ -144,7 +140,7 @@ def status_command(config: KeysConfig, as_json: bool) -> None:
     from cryptvol.keys.config import open_store
     from cryptvol.keys.status import read_status
 
-    store = open_store(config)
+    store = open_store(config, readonly=True)
     try:
         doc = read_status(store).to_json()
     finally:
@@ -164,9 +160,13 @@ def render_status(doc: dict[str, Any]) -> str:
     ]
     for k in doc["keks"]:
         age = _age(now - k["created"])
-        lines.append(f"  {k['id']:<34} {k['role']:<9} fp {k['fingerprint'][:16]}  age {age}")
+        lines.append(
+            f"  {k['id']:<34} {k['role']:<9} fp {k['fingerprint'][:16]}  age {age:<6}"
+            f" {_kms_use(k, now)}".rstrip()
+        )
     for r in doc["retired"]:
-        lines.append(f"  {r['id']:<34} retired   fp {r['fingerprint'][:16]}")
+        lines.append(f"  {r['id']:<34} retired   fp {r['fingerprint'][:16]}  {'':<10} "
+                     f"{_kms_use(r, now)}".rstrip())
     lines.append(f"DEKs:         {doc['deks']}")
     expected = doc["expected_report"]
     lines.append(f"key-set hash: {expected.rsplit('-', 1)[0]}-{expected.rsplit('-', 1)[1][:12]}")
@@ -185,12 +185,20 @@ def render_status(doc: dict[str, Any]) -> str:
     if re:
         pct = 100.0 * re["done"] / re["total"] if re["total"] else 100.0
         eta = "" if re["eta_seconds"] is None else f", ETA {_age(re['eta_seconds'])}"
-        state = "finished" if re["finished"] else "in progress"
-        lines.append(
-            f"reencrypt:    {state}: {re['done']}/{re['total']} ({pct:.1f}%),"
-            f" {re['rewrapped']} re-wrapped, {re['rate_per_second']}/s{eta}"
-        )
+        if re["finished"]:  # counted in the store when it finished
+            lines.append(f"reencrypt:    finished: {re['done']} DEKs under {re['target']}")
+        else:
+            lines.append(
+                f"reencrypt:    in progress: {re['done']}/{re['total']} ({pct:.1f}%),"
+                f" {re['rewrapped']} re-wrapped, {re['rate_per_second']}/s{eta}"
+            )
     return "\n".join(lines)
+
+
+def _kms_use(kek: dict[str, Any], now: float) -> str:
+    if kek.get("kms_last_used") is None:
+        return ""
+    return f"KMS use {_age(now - kek['kms_last_used'])} ago ({kek['kms_last_used_by']})"
 
 
 def _age(seconds: float) -> str:
@@ -208,7 +216,7 @@ def _rotation(config: KeysConfig) -> tuple[Any, Any]:
     from cryptvol.keys.config import open_provider, open_store
     from cryptvol.keys.rotation import Rotation
 
-    store = open_store(config)
+    store = open_store(config, existing=True)
     return store, Rotation(store, open_provider(config))
 
 
@@ -251,16 +259,25 @@ def rotate_command(config: KeysConfig, force: bool, wait: float) -> None:
 @_transition_options
 @click.option("--batch", type=int, default=0, help="DEKs per transaction [default: store's].")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option(
+    "--retire-grace",
+    default="24h",
+    show_default=True,
+    help="An old KEK a KMS plugin used this recently (e.g. 24h, 30m, 90s, 0) is not retired.",
+)
 @store_options
 def reencrypt_command(
-    config: KeysConfig, force: bool, wait: float, batch: int, quiet: bool
+    config: KeysConfig, force: bool, wait: float, batch: int, quiet: bool, retire_grace: str
 ) -> None:
     """Re-wrap every DEK under the current KEK, then retire the old ones (resumable)."""
+    from cryptvol.keys.rotation import deks_per_kek
+
+    grace = parse_duration(retire_grace, "--retire-grace")
     _say_forced(force)
     store, rotation = _rotation(config)
     try:
         if quiet or not sys.stderr.isatty():
-            state = rotation.reencrypt(force=force, wait=wait, batch=batch)
+            state = rotation.reencrypt(force=force, wait=wait, batch=batch, retire_grace=grace)
         else:
             with click.progressbar(length=1, label="re-wrapping", file=sys.stderr) as bar:
 
@@ -268,13 +285,39 @@ def reencrypt_command(
                     bar.length = max(total, 1)
                     bar.update(done - bar.pos)
 
-                state = rotation.reencrypt(force=force, wait=wait, batch=batch, progress=progress)
+                state = rotation.reencrypt(
+                    force=force, wait=wait, batch=batch, progress=progress, retire_grace=grace
+                )
+        # Counted in the store, not by the run: a resumed run cannot know what a crashed one
+        # re-wrapped after its last saved cursor.
+        counts = deks_per_kek(store)
     finally:
         store.close()
+    others = {kek: n for kek, n in counts.items() if kek != state.target}
+    if others:
+        raise click.ClickException(
+            f"reencrypt finished, but the store holds DEKs under other KEKs than {state.target}: "
+            + ", ".join(f"{n} under {kek}" for kek, n in sorted(others.items()))
+        )
     click.echo(
-        f"reencrypt finished: {state.done} DEKs checked, {state.rewrapped} re-wrapped"
-        f" under {state.target}; old KEKs retired"
+        f"reencrypt finished: all {counts[state.target]} DEKs in the store are wrapped under"
+        f" {state.target}; old KEKs retired"
     )
+
+
+def parse_duration(text: str, flag: str) -> float:
+    """`24h`, `30m`, `90s`, `2d` or plain seconds → seconds."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    text = text.strip()
+    number, unit = (text[:-1], units[text[-1]]) if text[-1:] in units else (text, 1)
+    try:
+        seconds = float(number) * unit
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a duration such as 24h, 30m or 90s",
+                                 param_hint=flag) from None
+    if not seconds >= 0:
+        raise click.BadParameter(f"{text!r} is negative", param_hint=flag)
+    return seconds
 
 
 # -- backup -----------------------------------------------------------------------------------
@@ -308,7 +351,7 @@ def export_command(config: KeysConfig, out: Path, passphrase_file: Path | None) 
     if out.exists():
         raise click.ClickException(f"{out} exists; choose a new file")
     passphrase = _passphrase(passphrase_file, confirm=True)
-    store = open_store(config)
+    store = open_store(config, readonly=True)
     try:
         blob = export_keys(store, open_provider(config), passphrase)
     finally:
@@ -326,8 +369,16 @@ def export_command(config: KeysConfig, out: Path, passphrase_file: Path | None) 
     type=click.Path(path_type=Path, dir_okay=False, exists=True),
     help="Read the passphrase from this file (else a prompt asks).",
 )
+@click.option(
+    "--reseal",
+    is_flag=True,
+    help="Seal the key set by this --root-key although it is sealed by another one"
+    " (a lost root key replaced by a new one; every replica must then mount the new one).",
+)
 @store_options
-def import_command(config: KeysConfig, backup: Path, passphrase_file: Path | None) -> None:
+def import_command(
+    config: KeysConfig, backup: Path, passphrase_file: Path | None, reseal: bool
+) -> None:
     """Restore KEKs from a backup into the configured provider and the key-set record."""
     from cryptvol.keys.backup import import_keys
     from cryptvol.keys.config import open_provider, open_store
@@ -335,7 +386,9 @@ def import_command(config: KeysConfig, backup: Path, passphrase_file: Path | Non
     passphrase = _passphrase(passphrase_file, confirm=False)
     store = open_store(config)
     try:
-        ids = import_keys(store, open_provider(config), backup.read_bytes(), passphrase)
+        ids = import_keys(
+            store, open_provider(config), backup.read_bytes(), passphrase, reseal=reseal
+        )
     finally:
         store.close()
     click.echo(f"restored KEK(s) {', '.join(ids)}")
@@ -373,10 +426,7 @@ def init_root_key(path: Path) -> None:
     """Write a new root key file (0600) to share with every replica; never overwrites."""
     from cryptvol.keys.kek_rootkey import make_root_key
 
-    try:
-        make_root_key(path)
-    except CryptvolError as exc:
-        raise click.ClickException(str(exc)) from None
+    make_root_key(path)
     click.echo(f"wrote a new root key to {path} (mode 0600)")
 
 

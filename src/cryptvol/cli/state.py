@@ -1,7 +1,9 @@
 """`cryptvol state`: the state store itself (volume records, wrapped DEKs, the key set).
 
-`check` compares the three halves of every volume: its record, its backing volume in a
-pool and its wrapped data key, and lists each half that has lost the others.
+A backup of the state store is half of what restores volumes; the other half is the KEKs
+that wrap their DEKs (`cryptvol keys export`). README.md, "Backup and restore", gives the
+whole procedure. `check` compares the three halves of every volume and snapshot: its record,
+its storage in a pool and its wrapped data key, and lists each half that has lost the others.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import click
 
 from cryptvol.cli.config import DEFAULT_POOL_DIR
 from cryptvol.cli.keys import store_options
+from cryptvol.errors import FailedPrecondition
 from cryptvol.keys.config import KeysConfig, open_store
 from cryptvol.pools.registry import PoolSpec, open_pools, parse_pool_spec
 from cryptvol.state.records import DEFAULT_POOL
@@ -21,7 +24,52 @@ from cryptvol.state.records import DEFAULT_POOL
 
 @click.group("state")
 def state_group() -> None:
-    """The state store: consistency checks."""
+    """The state store: consistent backups, restoring one, consistency checks."""
+
+
+def _sqlite_only(config: KeysConfig, what: str) -> None:
+    if config.etcd_endpoints:
+        raise FailedPrecondition(
+            f"the state lives in etcd ({config.etcd_endpoints}): {what} with etcd's own tools "
+            "(`etcdctl snapshot save FILE`; `etcdutl snapshot restore FILE`), and keep the "
+            "root key file apart from the snapshot"
+        )
+
+
+@state_group.command("backup")
+@click.argument("file", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--force", is_flag=True, help="Replace FILE if it exists.")
+@store_options
+def backup_command(config: KeysConfig, file: Path, force: bool) -> None:
+    """Write a consistent copy of the SQLite state store to FILE (0600).
+
+    Safe while the driver runs. The copy holds wrapped DEKs, not the KEKs that unwrap them:
+    back those up with `cryptvol keys export`.
+    """
+    from cryptvol.store.sqlite_backup import backup
+
+    _sqlite_only(config, "back it up")
+    copied = backup(config.db_path, file, replace=force)
+    click.echo(f"wrote a copy of {config.db_path} to {copied.path} (mode 0600, "
+               f"{copied.entries} entries, {copied.bytes} bytes)")
+
+
+@state_group.command("restore")
+@click.argument("file", type=click.Path(path_type=Path, dir_okay=False, exists=True))
+@click.option("--force", is_flag=True, help="Replace a state store that still holds state.")
+@store_options
+def restore_command(config: KeysConfig, file: Path, force: bool) -> None:
+    """Put the backup FILE in place of the state store; the driver must be stopped.
+
+    Refuses a store that holds state unless --force. Then restore the KEKs with
+    `cryptvol keys import`.
+    """
+    from cryptvol.store.sqlite_backup import restore
+
+    _sqlite_only(config, "restore it")
+    copied = restore(file, config.db_path, replace=force)
+    click.echo(f"restored {copied.entries} entries from {file} into {copied.path}; "
+               "next: cryptvol keys import, then start the driver")
 
 
 @state_group.command("check")
@@ -42,16 +90,14 @@ def check_command(config: KeysConfig, pools: tuple[str, ...], pool_dir: Path | N
     pool it is not given are listed as unchecked.
     """
     from cryptvol.engine.audit import find_orphans
-    from cryptvol.state.repository import VolumeRepository
+    from cryptvol.state.repository import SnapshotRepository, VolumeRepository
 
     specs = tuple(parse_pool_spec(p) for p in pools) or (
         PoolSpec(DEFAULT_POOL, "loop", str(pool_dir or DEFAULT_POOL_DIR)),)
-    if not config.etcd_endpoints and not config.db_path.exists():
-        raise click.ClickException(f"there is no state store at {config.db_path}")
-    store = open_store(config)
+    store = open_store(config, readonly=True)
     try:
-        orphans = find_orphans(VolumeRepository(store), open_pools(specs),
-                               node_id or socket.gethostname())
+        orphans = find_orphans(VolumeRepository(store), SnapshotRepository(store),
+                               open_pools(specs), node_id or socket.gethostname())
     finally:
         store.close()
     found = {

@@ -6,12 +6,11 @@ import sys
 
 import click
 
-from cryptvol.vm import VmError, VmUnavailable, doctor, ensure_parts, run_in_vm
-
 # The exit code when the VM itself failed, so it is not mistaken for the command's.
 VM_FAILED_EXIT = 125
 # Parts whose absence is information, not a fault.
-_INFORMATIONAL = {"kernel cached", "initramfs cached", "kvm usable", "dm-crypt on host"}
+_INFORMATIONAL = {"kernel cached", "initramfs cached", "zfs module cached", "kvm usable",
+                  "dm-crypt on host"}
 
 
 @click.group("vm")
@@ -60,6 +59,8 @@ def run_command(
 
     The host is read-only in the guest except the work folder; /tmp is the guest's own.
     """
+    from cryptvol.vm import VmError, VmUnavailable, run_in_vm  # imported here: others start faster
+
     env: dict[str, str] = {}
     for pair in env_pairs:
         name, sep, value = pair.partition("=")
@@ -76,10 +77,25 @@ def run_command(
     sys.exit(code)
 
 
+@vm_group.command("kernel-release")
+def kernel_release_command() -> None:
+    """Print the release of the kernel the VM boots (what its modules are built for)."""
+    from cryptvol.vm import VmUnavailable, resolve_cache_dir
+    from cryptvol.vm.parts import resolve_kernel_release
+
+    try:
+        click.echo(resolve_kernel_release(resolve_cache_dir()))
+    except VmUnavailable as exc:
+        click.echo(f"cryptvol vm kernel-release: {exc}", err=True)
+        sys.exit(1)
+
+
 @vm_group.command("doctor")
 @click.option("--build", is_flag=True, help="Fetch and build the kernel and initramfs first.")
 def doctor_command(build: bool) -> None:
     """Say which parts of the VM are present and cached; exit 1 if one is missing."""
+    from cryptvol.vm import VmUnavailable, doctor, ensure_parts
+
     if build:
         try:
             parts = ensure_parts()

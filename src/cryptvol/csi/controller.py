@@ -8,13 +8,15 @@ from cryptvol.csi import convert
 from cryptvol.csi.bounds import bounded
 from cryptvol.csi.gen import csi_pb2, csi_pb2_grpc
 from cryptvol.engine.controller import ControllerEngine, CreateRequest, VolumeInfo
+from cryptvol.engine.snapshots import SnapshotEngine, SnapshotInfo
 from cryptvol.errors import InvalidArgument
 
 _Cap = csi_pb2.ControllerServiceCapability.RPC
 # No EXPAND_VOLUME: pools are node-local, so NodeExpandVolume grows the backing volume and
 # the CO's resizer only passes a request on to the node.
 _OFFERED = (_Cap.CREATE_DELETE_VOLUME, _Cap.LIST_VOLUMES, _Cap.GET_CAPACITY, _Cap.GET_VOLUME,
-            _Cap.VOLUME_CONDITION)
+            _Cap.CREATE_DELETE_SNAPSHOT, _Cap.LIST_SNAPSHOTS, _Cap.GET_SNAPSHOT,
+            _Cap.CLONE_VOLUME, _Cap.VOLUME_CONDITION)
 
 
 def _condition(info: VolumeInfo) -> csi_pb2.VolumeCondition:
@@ -26,25 +28,33 @@ def _volume(info: VolumeInfo) -> csi_pb2.Volume:
         volume_id=info.volume_id,
         capacity_bytes=info.capacity_bytes,
         volume_context=info.volume_context,
+        content_source=convert.content_source(info.source),
         accessible_topology=[csi_pb2.Topology(segments=info.topology)],
     )
 
 
+def _snapshot(info: SnapshotInfo) -> csi_pb2.Snapshot:
+    snapshot = csi_pb2.Snapshot(
+        snapshot_id=info.snapshot_id,
+        source_volume_id=info.source_volume_id,
+        size_bytes=info.size_bytes,
+        ready_to_use=info.ready,
+    )
+    snapshot.creation_time.FromNanoseconds(int(info.created_at * 1e9))
+    return snapshot
+
+
 @bounded
 class ControllerServicer(csi_pb2_grpc.ControllerServicer):  # type: ignore[misc]
-    def __init__(self, engine: ControllerEngine) -> None:
+    def __init__(self, engine: ControllerEngine, snapshots: SnapshotEngine) -> None:
         self.engine = engine
+        self.snapshots = snapshots
 
     def CreateVolume(self, request: csi_pb2.CreateVolumeRequest,
                      context: grpc.ServicerContext) -> csi_pb2.CreateVolumeResponse:
         convert.require(request.name, "name")
         if not request.volume_capabilities:
             raise InvalidArgument("volume_capabilities is required")
-        if request.HasField("volume_content_source"):
-            raise InvalidArgument(
-                "volume content sources (snapshots and clones) are not supported yet; "
-                "create the volume without a dataSource"
-            )
         if request.mutable_parameters:
             raise InvalidArgument("mutable_parameters are not supported by this driver")
         topology = request.accessibility_requirements
@@ -57,6 +67,8 @@ class ControllerServicer(csi_pb2_grpc.ControllerServicer):  # type: ignore[misc]
             secrets=dict(request.secrets),
             requisite_topologies=[dict(t.segments) for t in topology.requisite],
             preferred_topologies=[dict(t.segments) for t in topology.preferred],
+            source=convert.source_of(request.volume_content_source)
+            if request.HasField("volume_content_source") else None,
         ))
         return csi_pb2.CreateVolumeResponse(volume=_volume(info))
 
@@ -123,3 +135,28 @@ class ControllerServicer(csi_pb2_grpc.ControllerServicer):  # type: ignore[misc]
             status=csi_pb2.ControllerGetVolumeResponse.VolumeStatus(
                 volume_condition=_condition(info)),
         )
+
+    def CreateSnapshot(self, request: csi_pb2.CreateSnapshotRequest,
+                       context: grpc.ServicerContext) -> csi_pb2.CreateSnapshotResponse:
+        name = convert.require(request.name, "name")
+        source = convert.require(request.source_volume_id, "source_volume_id")
+        info = self.snapshots.create_snapshot(source, name, dict(request.parameters))
+        return csi_pb2.CreateSnapshotResponse(snapshot=_snapshot(info))
+
+    def DeleteSnapshot(self, request: csi_pb2.DeleteSnapshotRequest,
+                       context: grpc.ServicerContext) -> csi_pb2.DeleteSnapshotResponse:
+        self.snapshots.delete_snapshot(convert.require(request.snapshot_id, "snapshot_id"))
+        return csi_pb2.DeleteSnapshotResponse()
+
+    def ListSnapshots(self, request: csi_pb2.ListSnapshotsRequest,
+                      context: grpc.ServicerContext) -> csi_pb2.ListSnapshotsResponse:
+        infos, token = self.snapshots.list_snapshots(
+            request.max_entries, request.starting_token, request.source_volume_id,
+            request.snapshot_id)
+        entries = [csi_pb2.ListSnapshotsResponse.Entry(snapshot=_snapshot(i)) for i in infos]
+        return csi_pb2.ListSnapshotsResponse(entries=entries, next_token=token)
+
+    def GetSnapshot(self, request: csi_pb2.GetSnapshotRequest,
+                    context: grpc.ServicerContext) -> csi_pb2.GetSnapshotResponse:
+        info = self.snapshots.get_snapshot(convert.require(request.snapshot_id, "snapshot_id"))
+        return csi_pb2.GetSnapshotResponse(snapshot=_snapshot(info))

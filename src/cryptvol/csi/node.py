@@ -14,8 +14,11 @@ from cryptvol.engine.types import Capability
 from cryptvol.errors import InvalidArgument
 
 _Cap = csi_pb2.NodeServiceCapability.RPC
+# VOLUME_MOUNT_GROUP: kubelet then hands a pod's fsGroup to the driver (volume_mount_group)
+# instead of changing ownership itself: a Kata guest mounts the volume where kubelet cannot
+# reach it, so fsGroup travels in mountInfo.json; the host mode applies it as kubelet would.
 _OFFERED = (_Cap.STAGE_UNSTAGE_VOLUME, _Cap.GET_VOLUME_STATS, _Cap.EXPAND_VOLUME,
-            _Cap.VOLUME_CONDITION)
+            _Cap.VOLUME_CONDITION, _Cap.VOLUME_MOUNT_GROUP)
 _Unit = csi_pb2.VolumeUsage.Unit
 
 
@@ -57,7 +60,8 @@ class NodeServicer(csi_pb2_grpc.NodeServicer):  # type: ignore[misc]
         target = convert.require(request.target_path, "target_path")
         staging = convert.require(request.staging_target_path, "staging_target_path")
         cap = _served_capability(request)
-        self.engine.publish(volume_id, staging, target, cap, request.readonly)
+        self.engine.publish(volume_id, staging, target, cap, request.readonly,
+                            dict(request.volume_context))
         return csi_pb2.NodePublishVolumeResponse()
 
     def NodeUnpublishVolume(

@@ -31,6 +31,11 @@ def check_capabilities(capabilities: Sequence[Capability]) -> None:
 def fs_type_for(capabilities: Sequence[Capability], params: VolumeParameters) -> str:
     """The filesystem a volume gets: the StorageClass's, or the capability's when the class
     names none. Two different answers are a contradiction the user must resolve."""
+    return asked_fs_type(capabilities, params) or params.fs_type
+
+
+def asked_fs_type(capabilities: Sequence[Capability], params: VolumeParameters) -> str | None:
+    """The filesystem the request names (capability or StorageClass), or None."""
     asked = {c.fs_type for c in capabilities if c.access_type is AccessType.MOUNT and c.fs_type}
     if len(asked) > 1:
         raise InvalidArgument(
@@ -43,4 +48,4 @@ def fs_type_for(capabilities: Sequence[Capability], params: VolumeParameters) ->
             f"the capability asks for {quoted(asked.pop())} but parameter {FSTYPE_KEY!r} is "
             f"{quoted(from_class)}"
         )
-    return asked.pop() if asked else params.fs_type
+    return asked.pop() if asked else from_class

@@ -6,16 +6,24 @@ cut short by a crash finishes when the container orchestrator retries it.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from cryptvol import TOPOLOGY_KEY
-from cryptvol.engine.capabilities import check_capabilities, fs_type_for
+from cryptvol.engine import copies
+from cryptvol.engine.capabilities import asked_fs_type, check_capabilities, fs_type_for
 from cryptvol.engine.capacity import CapacityLedger
+from cryptvol.engine.direct import STORAGECLASS, DirectTriggers, check_direct_access, recorded
 from cryptvol.engine.ids import is_volume_id, volume_id_for
 from cryptvol.engine.locks import OperationLocks
 from cryptvol.engine.parameters import VolumeParameters, parse_parameters
-from cryptvol.engine.sizes import LUKS2_HEADER_BYTES, capacity_for, minimum_bytes
+from cryptvol.engine.sizes import (
+    LUKS2_HEADER_BYTES,
+    capacity_for,
+    copy_capacity,
+    minimum_bytes,
+)
 from cryptvol.engine.types import AccessType, Capability
 from cryptvol.errors import (
     Aborted,
@@ -33,9 +41,11 @@ from cryptvol.luks.policy import LuksPlan, plan
 from cryptvol.luks.probe import HostProbe
 from cryptvol.pools.base import Pool
 from cryptvol.pools.registry import PoolRegistry
-from cryptvol.state.records import LuksRecord, VolumeRecord
-from cryptvol.state.repository import VolumeRepository
+from cryptvol.state.records import ContentSource, LuksRecord, VolumeRecord
+from cryptvol.state.repository import SnapshotRepository, VolumeRepository
 from cryptvol.system import failpoints
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -48,6 +58,8 @@ class CreateRequest:
     secrets: Mapping[str, str] = field(default_factory=dict)
     requisite_topologies: Sequence[Mapping[str, str]] = ()
     preferred_topologies: Sequence[Mapping[str, str]] = ()
+    # A snapshot or volume to copy; None for an empty volume.
+    source: ContentSource | None = None
 
 
 @dataclass(frozen=True)
@@ -56,6 +68,7 @@ class VolumeInfo:
     capacity_bytes: int
     volume_context: dict[str, str]
     topology: dict[str, str]
+    source: ContentSource | None = None
     # The volume's condition as the controller knows it: its record, backing volume and key.
     abnormal: bool = False
     condition: str = ""
@@ -65,15 +78,19 @@ class ControllerEngine:
     def __init__(
         self,
         volumes: VolumeRepository,
+        snapshots: SnapshotRepository,
         keys: KeyManager,
         pools: PoolRegistry,
         node_id: str,
         locks: OperationLocks,
         host: Callable[[], HostProbe] | None = None,
+        direct: DirectTriggers | None = None,
         ledger: CapacityLedger | None = None,
     ) -> None:
         self.host = host
+        self.direct = direct or DirectTriggers(None)
         self.volumes = volumes
+        self.snapshots = snapshots
         self.keys = keys
         self.pools = pools
         self.node_id = node_id
@@ -84,11 +101,13 @@ class ControllerEngine:
     def create_volume(self, req: CreateRequest) -> VolumeInfo:
         params = parse_parameters(req.parameters)
         check_capabilities(req.capabilities)
+        if params.kata_direct:
+            check_direct_access(req.capabilities, STORAGECLASS)
         fs_type = fs_type_for(req.capabilities, params)
         block_only = all(c.access_type is AccessType.BLOCK for c in req.capabilities)
-        capacity = capacity_for(
-            req.required_bytes, req.limit_bytes, minimum_bytes(None if block_only else fs_type)
-        )
+        if req.source is None:
+            capacity = capacity_for(req.required_bytes, req.limit_bytes,
+                                    minimum_bytes(None if block_only else fs_type))
         self._check_topology(req.requisite_topologies)
         if params.key_source == "secret" and params.secret_key not in req.secrets:
             raise InvalidArgument(
@@ -100,15 +119,27 @@ class ControllerEngine:
         # that cannot work here (pbkdfFallback false, no argon2) is refused now.
         luks_plan = plan(params.luks, "managed" if params.key_source == "managed" else
                          "passphrase", self.host() if self.host else None)
-        pool = self.pools.get(params.pool)
         volume_id = volume_id_for(req.name)
         with self.locks.hold(volume_id, "CreateVolume"):
             existing = self.volumes.get(volume_id)
             if existing is None:
-                record = self._new_record(volume_id, req.name, capacity, params, fs_type,
-                                          luks_plan, pool)
+                # Decided once, for a new volume: a retry finds the choice in the record.
+                trigger = self.direct.at_create(params.kata_direct, req.parameters)
+                if trigger is not None:
+                    check_direct_access(req.capabilities, trigger)
+                if req.source is None:
+                    pool = self.pools.get(params.pool)
+                    record = self._new_record(volume_id, req.name, capacity, params, fs_type,
+                                              luks_plan, pool, trigger or "")
+                else:
+                    record, pool = self._new_copy(volume_id, req, params, luks_plan,
+                                                  trigger or "")
+                    self._check_room_to_copy(record, pool)
+                # Every volume is a promise of its whole size, a thin copy too: it shares
+                # its source's blocks only until either is written.
                 with self.ledger.promise(pool, record.backing_bytes,
-                                         f"a {capacity}-byte volume with its LUKS2 header"):
+                                         f"a {record.capacity_bytes}-byte volume with its "
+                                         "LUKS2 header"):
                     inserted = self.volumes.insert(record)
                 if not inserted:
                     existing = self.volumes.get(volume_id)
@@ -118,6 +149,9 @@ class ControllerEngine:
                         )
                 else:
                     existing = record
+                    if trigger is not None:
+                        log.info("kata direct volume created",
+                                 extra={"volume": volume_id, "trigger": trigger})
             self._check_same_request(existing, req, params)
             if existing.state == "deleting":
                 raise AlreadyExists(
@@ -128,7 +162,8 @@ class ControllerEngine:
             return self._info(existing)
 
     def _new_record(self, volume_id: str, name: str, capacity: int, params: VolumeParameters,
-                    fs_type: str, luks_plan: LuksPlan, pool: Pool) -> VolumeRecord:
+                    fs_type: str, luks_plan: LuksPlan, pool: Pool,
+                    kata_direct: str) -> VolumeRecord:
         return VolumeRecord(
             id=volume_id,
             name=name,
@@ -142,19 +177,91 @@ class ControllerEngine:
             node_id=self.node_id,
             luks=LuksRecord.model_validate(luks_plan.to_record()),
             node_capacity_bytes=capacity,
+            kata_direct=kata_direct,
         )
+
+    def _new_copy(self, volume_id: str, req: CreateRequest, params: VolumeParameters,
+                  luks_plan: LuksPlan, kata_direct: str) -> tuple[VolumeRecord, Pool]:
+        """The record of a volume copied from a snapshot or volume, once every check that
+        can refuse it has passed: nothing is written before."""
+        assert req.source is not None
+        origin = copies.resolve(req.source, self.volumes, self.snapshots, self.keys)
+        source_pool = self.pools.of_volume(origin.source.id, origin.pool)
+        pool = self.pools.get(params.pool) if params.pool else source_pool
+        copies.check_same_pool(origin, pool, source_pool)
+        live = origin.source.id if origin.source.kind == "volume" else None
+        copies.check_can_copy(pool, pool.capabilities.clone, live)
+        copies.check_compatible(origin, params.key_source, params.secret_key, params.raw,
+                                asked_fs_type(req.capabilities, params))
+        capacity = copy_capacity(req.required_bytes, req.limit_bytes, origin.size_bytes,
+                                 origin.what)
+        record = VolumeRecord(
+            id=volume_id,
+            name=req.name,
+            capacity_bytes=capacity,
+            backing_bytes=capacity + LUKS2_HEADER_BYTES,
+            parameters=params.raw,
+            fs_type=origin.fs_type,
+            key_source=origin.key_source,
+            secret_key=origin.secret_key,
+            pool=pool.name,
+            node_id=self.node_id,
+            luks=copies.luks_of_copy(origin, luks_plan),
+            # The mapping and filesystem are the source's size until the first stage.
+            node_capacity_bytes=origin.size_bytes,
+            content_source=origin.source,
+            rekey=origin.key_source == "managed",
+            reencrypt="pending" if params.clone_reencrypt else "",
+            kata_direct=kata_direct,
+        )
+        return record, pool
+
+    @staticmethod
+    def _check_room_to_copy(record: VolumeRecord, pool: Pool) -> None:
+        """A copy by bytes writes them now, so they must fit in what is free now, whatever
+        may still be promised; a thin copy writes nothing yet."""
+        if pool.capabilities.clone != "copy":
+            return
+        free = pool.provisioner.space().free_bytes
+        if record.backing_bytes > free:
+            raise ResourceExhausted(
+                f"pool {pool.name} has {free} bytes free; copying into a "
+                f"{record.capacity_bytes}-byte volume needs {record.backing_bytes} with its "
+                "LUKS2 header"
+            )
 
     def _finish_create(self, record: VolumeRecord) -> VolumeRecord:
         failpoints.reached("create:after-record")
-        self._pool(record).provisioner.create(record.id, record.backing_bytes)
-        failpoints.reached("create:after-backing")
-        if record.key_source == "managed":
-            self.keys.create_dek(record.id)
+        provisioner = self._pool(record).provisioner
+        if record.content_source is not None:
+            self._finish_copy(record, record.content_source)
+        else:
+            provisioner.create(record.id, record.backing_bytes)
+            failpoints.reached("create:after-backing")
+            if record.key_source == "managed":
+                self.keys.create_dek(record.id)
 
         def mark_ready(r: VolumeRecord) -> VolumeRecord:
             return r.model_copy(update={"state": "ready"})
 
         return self.volumes.update(record.id, mark_ready)
+
+    def _finish_copy(self, record: VolumeRecord, source: ContentSource) -> None:
+        """The copy's key first (its own copy of its source's DEK, so it opens whatever
+        happens to the source's), then its bytes. A source deleted while a crash left this
+        unfinished takes the half-made copy with it."""
+        try:
+            origin = copies.resolve(source, self.volumes, self.snapshots, self.keys)
+        except NotFound:
+            self.keys.delete_dek(record.id)
+            self._pool(record).provisioner.delete(record.id)
+            self.volumes.remove(record)
+            raise
+        if record.key_source == "managed":
+            self.keys.copy_dek(origin.key_id, record.id)
+        failpoints.reached("copy:after-key")
+        self._pool(record).provisioner.copy(origin.bytes_from, record.id, record.backing_bytes)
+        failpoints.reached("copy:after-backing")
 
     @staticmethod
     def _check_same_request(
@@ -163,6 +270,10 @@ class ControllerEngine:
         if record.name != req.name:
             raise Internal(
                 f"volume id collision between {quoted(record.name)} and {quoted(req.name)}"
+            )
+        if record.content_source != req.source:
+            raise AlreadyExists(
+                f"volume {quoted(req.name)} exists with another content source; use a new name"
             )
         if record.parameters != params.raw:
             raise AlreadyExists(
@@ -198,6 +309,8 @@ class ControllerEngine:
             "pbkdf": str(fmt.get("pbkdf")),
             "luks": "; ".join(record.luks.reasons),
         }
+        if record.kata_direct:
+            context["kataDirect"] = record.kata_direct
         problem = self._condition(record) if condition else None
         fine = ("the volume has its backing volume and its key" if record.node_id ==
                 self.node_id else f"the volume lives on node {record.node_id}, whose driver "
@@ -207,6 +320,7 @@ class ControllerEngine:
             capacity_bytes=record.capacity_bytes,
             volume_context=context,
             topology={TOPOLOGY_KEY: record.node_id},
+            source=record.content_source,
             abnormal=problem is not None,
             condition=problem or (fine if condition else ""),
         )
@@ -244,12 +358,17 @@ class ControllerEngine:
                     f"volume {volume_id} is still staged on node {record.node_id}; "
                     "unstage it first"
                 )
+            # From here the volume is gone from the API; its snapshots and the copies made
+            # of it keep their own keys and (the pool sees to it) their bytes.
             self.volumes.update(volume_id, lambda r: r.model_copy(update={"state":
                                                                           "deleting"}))
+            failpoints.reached("delete:after-mark")
             # Shred the key first: from then on the backing data cannot be read, whatever
             # a crash leaves behind.
             self.keys.delete_dek(volume_id)
+            failpoints.reached("delete:after-key")
             provisioner.delete(volume_id)
+            failpoints.reached("delete:after-backing")
             self.volumes.remove(record)
 
     # --- ValidateVolumeCapabilities, ListVolumes, GetCapacity ----------------------------
@@ -262,6 +381,9 @@ class ControllerEngine:
             return "the parameters differ from those the volume was created with"
         try:
             check_capabilities(capabilities)
+            trigger = recorded(record.kata_direct)
+            if trigger is not None:
+                check_direct_access(capabilities, trigger)
         except InvalidArgument as exc:
             return str(exc)
         return None
@@ -274,15 +396,18 @@ class ControllerEngine:
             raise Aborted(
                 f"starting_token {quoted(starting_token)} is not one this driver issued"
             )
-        page = self.volumes.page(starting_token, max_entries + 1 if max_entries else 0)
-        more = bool(max_entries) and len(page) > max_entries
-        page = page[:max_entries] if max_entries else page
-        next_token = page[-1].id if more and page else ""
-        return [self._info(r, condition=True) for r in page if r.state == "ready"], next_token
+        page, next_token = self.volumes.page_where(starting_token, max_entries,
+                                                   lambda r: r.state == "ready")
+        return [self._info(r, condition=True) for r in page], next_token
 
     def capacity(self, capabilities: Sequence[Capability], parameters: Mapping[str, str],
                  topology: Mapping[str, str] | None) -> int:
-        pool = self.pools.get(parse_parameters(parameters).pool if parameters else "")
+        name = parse_parameters(parameters).pool if parameters else ""
+        if name and name not in self.pools.names:
+            # Pools are node-local and nodes may differ: a class whose pool this node lacks
+            # has no room here, which the scheduler must learn rather than an error.
+            return 0
+        pool = self.pools.get(name)
         if capabilities:
             try:
                 check_capabilities(capabilities)

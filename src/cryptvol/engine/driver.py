@@ -9,10 +9,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from prometheus_client import CollectorRegistry
+
 from cryptvol.engine.capacity import CapacityLedger
 from cryptvol.engine.controller import ControllerEngine
+from cryptvol.engine.direct import DirectTriggers
 from cryptvol.engine.locks import OperationLocks
-from cryptvol.engine.node import NodeEngine
+from cryptvol.engine.metrics import NodeMetrics, VolumeCollector
+from cryptvol.engine.node import NodeEngine, release_interrupted_reencryptions
+from cryptvol.engine.publishing import PublishModes
+from cryptvol.engine.snapshots import SnapshotEngine
 from cryptvol.engine.startup import (
     StartRefused,
     check_store_identity,
@@ -22,17 +28,41 @@ from cryptvol.engine.startup import (
 from cryptvol.errors import CryptvolError, Internal, Unavailable
 from cryptvol.keys.config import KeysConfig, open_provider, open_store
 from cryptvol.keys.manager import KeyManager
+from cryptvol.keys.metrics import KeyMetrics
 from cryptvol.keys.replica import Replica
+from cryptvol.kube.api import KubeApi
+from cryptvol.kube.config import discover
 from cryptvol.luks.budget import MemoryBudget
 from cryptvol.luks.probe import HostProbe, probe_host
-from cryptvol.mounts.paths import DEFAULT_KUBELET_DIR, KUBELET, PathGuard
+from cryptvol.mounts.direct_volumes import DirectVolumes
+from cryptvol.mounts.kata import KataDirect
+from cryptvol.mounts.kata_defaults import (
+    DIRECT_VOLUMES_DIR,
+    GO_SANDBOXES,
+    RS_SANDBOXES,
+    RUNTIME_HANDLERS,
+)
+from cryptvol.mounts.kata_shim import ShimClient
+from cryptvol.mounts.paths import DEFAULT_KUBELET_DIR, KATA_DIRECT, KUBELET, PathGuard
 from cryptvol.pools.registry import PoolSpec, open_pools
 from cryptvol.state.nodes import save_host_probe
-from cryptvol.state.repository import VolumeRepository
+from cryptvol.state.repository import SnapshotRepository, VolumeRepository
 from cryptvol.store.base import Store
 
 log = logging.getLogger(__name__)
 Role = Literal["all", "controller", "node"]
+
+
+@dataclass(frozen=True)
+class KataSettings:
+    """Kata direct-assigned volumes: Kata's folders (overridable for tests) and the
+    Kubernetes API the PVC-annotation and runtime-class triggers read."""
+
+    direct_volumes_dir: Path = DIRECT_VOLUMES_DIR
+    go_sandboxes_dir: Path = GO_SANDBOXES
+    rs_sandboxes_dir: Path = RS_SANDBOXES
+    runtime_handlers: tuple[str, ...] = RUNTIME_HANDLERS
+    kubeconfig: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -42,6 +72,7 @@ class DriverSettings:
     state_dir: Path
     pools: tuple[PoolSpec, ...]
     keys: KeysConfig | None = None
+    kata: KataSettings = KataSettings()
     # Node request paths must lie inside it (see mounts.paths).
     kubelet_dir: Path = DEFAULT_KUBELET_DIR
     # A pool promises at most its size times this (see engine.capacity).
@@ -51,11 +82,29 @@ class DriverSettings:
 
 
 class Driver:
-    def __init__(self, settings: DriverSettings) -> None:
+    def __init__(
+        self, settings: DriverSettings, registry: CollectorRegistry | None = None
+    ) -> None:
+        """`registry`: the process's Prometheus registry (a private one when not given)."""
         self.settings = settings
         prepare_state_dir(settings.state_dir)
-        # Pools first: a mistyped pool stops the start before any store or thread exists.
+        # Pools first: a mistyped pool, or a pool folder that cannot be made, stops the start
+        # before any store, key or thread exists.
         self.pools = open_pools(settings.pools)
+        # The roots node paths must lie in: kubelet's dir for request paths, Kata's
+        # direct-volume dir for the folders the kata mode writes.
+        kata = settings.kata
+        self.paths = PathGuard({KUBELET: settings.kubelet_dir,
+                                KATA_DIRECT: kata.direct_volumes_dir})
+        # A kubeconfig that cannot be used stops the start too; an API that cannot be
+        # reached only fails the requests that need it.
+        api_config = discover(kata.kubeconfig)
+        self.kube = KubeApi(api_config) if api_config is not None else None
+        direct = DirectTriggers(self.kube, kata.runtime_handlers)
+        modes = PublishModes(KataDirect(
+            DirectVolumes(self.paths.root(KATA_DIRECT)),
+            ShimClient(kata.go_sandboxes_dir, kata.rs_sandboxes_dir),
+        ))
         self.keys_config = keys_config = settings.keys or KeysConfig(
             state_dir=settings.state_dir)
         self.store = _open_store(keys_config)
@@ -71,14 +120,23 @@ class Driver:
             # embedded store is local: a missing or corrupt KEK file there will not heal by
             # waiting, so it stops the start with the reason.
             self.keys = KeyManager(self.store, open_provider(keys_config),
-                                   lazy=bool(keys_config.etcd_endpoints))
+                                   lazy=bool(keys_config.etcd_endpoints),
+                                   metrics=KeyMetrics(registry))
         except BaseException:
             self.store.close()
+            if self.kube is not None:
+                self.kube.close()
             raise
-        self.replica: Replica | None = None
-        if settings.role in ("all", "controller"):
-            # Controllers wrap new DEKs, so they take part in KEK rotation agreement.
-            self.replica = Replica(self.keys, name=settings.node_id, role="controller").start()
+        # Controllers wrap new DEKs, so they take part in KEK rotation agreement; a node-only
+        # driver follows the key set without a report. Both make Probe say whether the store
+        # answers, from the loop's last rounds rather than a round trip per Probe.
+        controls = settings.role in ("all", "controller")
+        self.replica = Replica(self.keys, name=settings.node_id,
+                               role="controller" if controls else "node",
+                               report=controls).start()
+        if registry is not None:
+            registry.register(VolumeCollector(self.volumes))
+        snapshots = SnapshotRepository(self.store)
         # One lock table for both services: a node and a controller operation on the same
         # volume in this process must not interleave either. One ledger too: creates and
         # node expansions promise from the same pools.
@@ -87,14 +145,21 @@ class Driver:
         self._host: HostProbe | None = None
         self._probe_error = ""
         self.controller = ControllerEngine(
-            self.volumes, self.keys, self.pools, settings.node_id, self.locks, self.host,
-            ledger=self.ledger,
+            self.volumes, snapshots, self.keys, self.pools, settings.node_id, self.locks,
+            self.host, direct, ledger=self.ledger,
         )
+        self.snapshots = SnapshotEngine(self.volumes, snapshots, self.keys, self.pools,
+                                        settings.node_id, self.locks)
         self.budget: MemoryBudget | None = None
         self.node = NodeEngine(
-            self.volumes, self.keys, self.pools, settings.node_id, self.locks,
-            paths=PathGuard({KUBELET: settings.kubelet_dir}), ledger=self.ledger,
+            self.volumes, self.keys, self.pools, settings.node_id, self.locks, modes, direct,
+            metrics=NodeMetrics(registry), paths=self.paths, ledger=self.ledger,
         )
+        # Said once the start can no longer fail on its own settings or store.
+        log.info("kata direct volumes", extra={"api": direct.describe(),
+                                               "direct_volumes": str(kata.direct_volumes_dir)})
+        if self.serves_node:
+            release_interrupted_reencryptions()
         # The probe runs cryptsetup a few times; the socket comes up meanwhile and Probe
         # answers not-ready until it is done.
         self._probed = threading.Event()
@@ -114,6 +179,13 @@ class Driver:
             self._host = host
             log.info("host probed", extra={"cryptsetup": host.cryptsetup_version,
                                            "argon2": host.argon2, "dm_crypt": host.dm_crypt})
+            if not self._node_can_serve(host):
+                # Probe stays "not ready" for good: say why once, where operators look.
+                log.error("not ready: the node service cannot open a dm-crypt mapping here",
+                          extra={"reason": host.dm_crypt_detail,
+                                 "fix": "load dm_crypt (modprobe dm_crypt) or run the node "
+                                        "role on a kernel with device-mapper; `cryptvol "
+                                        "doctor` says more"})
         except CryptvolError as exc:
             self._probe_error = str(exc)
             log.error("host probe failed", extra={"error": str(exc)})
@@ -170,14 +242,21 @@ class Driver:
                 log.error("not serving this state store", extra={"error": str(exc)})
         return self._identity_ok
 
+    def _node_can_serve(self, host: HostProbe) -> bool:
+        return host.dm_crypt or not self.serves_node
+
     def ready(self) -> bool:
-        keys_ready = self.replica.ready() if self.replica else self.keys.ready()
-        return self._host is not None and keys_ready and self._identity_checked()
+        host = self._host
+        return (host is not None and self.replica.ready() and self._node_can_serve(host)
+                and self._identity_checked())
 
     def close(self) -> None:
-        if self.replica is not None:
-            self.replica.stop()
+        # A reencryption's cryptsetup dies with this process: stop it where it can resume.
+        self.node.reencryptions.stop_all()
+        self.replica.stop()
         self.node.kernel_log.close()
+        if self.kube is not None:
+            self.kube.close()
         self.store.close()
 
 

@@ -15,18 +15,31 @@ from __future__ import annotations
 
 import logging
 import stat
+import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Protocol
 
 from cryptvol.engine.capacity import CapacityLedger
+from cryptvol.engine.direct import (
+    NOT_READ,
+    DirectTriggers,
+    PodVerdict,
+    Trigger,
+    check_direct_access,
+    recorded,
+)
+from cryptvol.engine.first_stage import FirstStage
 from cryptvol.engine.ids import is_volume_id
 from cryptvol.engine.locks import OperationLocks
-from cryptvol.engine.publishing import MODES, mode_for
+from cryptvol.engine.metrics import NodeMetrics
+from cryptvol.engine.publishing import PublishModes
+from cryptvol.engine.reencryptions import Reencryptions
 from cryptvol.engine.sizes import LUKS2_HEADER_BYTES, capacity_for
 from cryptvol.engine.types import Capability
 from cryptvol.errors import (
+    Aborted,
     AlreadyExists,
     FailedPrecondition,
     InvalidArgument,
@@ -35,13 +48,13 @@ from cryptvol.errors import (
     quoted,
 )
 from cryptvol.keys.manager import KeyManager
-from cryptvol.luks import cryptsetup
+from cryptvol.luks import cryptsetup, reencrypt
 from cryptvol.luks.budget import CRYPTSETUP_PROCESS_KIB
 from cryptvol.luks.cryptsetup import FormatOptions, OpenOptions
 from cryptvol.luks.policy import LuksPlan, parse_luks_parameters
 from cryptvol.luks.token import write_policy_token
 from cryptvol.mounts import filesystem
-from cryptvol.mounts.modes import OpenedVolume
+from cryptvol.mounts.modes import OpenedVolume, PublishOptions
 from cryptvol.mounts.mountinfo import Mount
 from cryptvol.mounts.paths import DEFAULT_KUBELET_DIR, KUBELET, NodePath, PathGuard
 from cryptvol.pools.base import NodeAttacher, WriteState
@@ -82,12 +95,18 @@ class NodeEngine:
         pools: PoolRegistry,
         node_id: str,
         locks: OperationLocks,
+        modes: PublishModes,
+        direct: DirectTriggers,
         budget: UnlockBudget | None = None,
         budget_timeout: float = 60.0,
+        metrics: NodeMetrics | None = None,
         paths: PathGuard | None = None,
         ledger: CapacityLedger | None = None,
     ) -> None:
         self.volumes = volumes
+        self.modes = modes
+        self.direct = direct
+        self.metrics = metrics or NodeMetrics()
         self.keys = keys
         self.pools = pools
         self.node_id = node_id
@@ -97,6 +116,8 @@ class NodeEngine:
         self.paths = paths or PathGuard({KUBELET: DEFAULT_KUBELET_DIR})
         self.ledger = ledger or CapacityLedger(volumes, node_id)
         self.kernel_log = KernelLog()
+        self.reencryptions = Reencryptions(on_finished=lambda v: self.first_stage.finished(v))
+        self.first_stage = FirstStage(volumes, keys, self.reencryptions)
 
     # --- keys -----------------------------------------------------------------------------
     def _key(self, record: VolumeRecord, secrets: Mapping[str, str], purpose: str) -> Secret:
@@ -148,21 +169,35 @@ class NodeEngine:
                     self.kernel_log.forget([kernel_name(device)])
                 else:
                     device = attacher.attach(volume_id)
+                if record.rekey:
+                    # Each of its steps resumes where a failure stopped it: nothing to undo.
+                    record = self.first_stage.take_own_key(record, device,
+                                                           _plan_of(record).format)
+                    key = self._key(record, secrets, "NodeStageVolume")
                 if not cryptsetup.is_active(name):
-                    self._open(record, attacher, device, name, key)
+                    formatted = self._open(record, attacher, device, name, key)
                     undo.push(lambda: cryptsetup.close_device(name))
                     self.kernel_log.forget([kernel_name(str(cryptsetup.mapping_path(name)))])
+                    if formatted and record.reencrypt == "pending":
+                        # A copy of a never staged volume is blank: formatted now, its
+                        # volume key is its own already.
+                        self.first_stage.finished(volume_id)
+                        record = self.volumes.require(volume_id)
+                else:
+                    self.first_stage.check_restage(record, name)
                 self._fit_mapping(record, name, attacher.refresh(volume_id), lambda: key)
                 opened = _opened(record, cap.fs_type)
                 size = device_size(opened.device)
                 # Expanded while not staged: the filesystem catches up now.
-                mode_for(cap).stage(opened, staging, cap.mount_flags,
-                                    grow=record.node_capacity_bytes < size)
+                mode = self.modes.for_request(cap, direct=bool(record.kata_direct))
+                mode.stage(opened, staging, cap.mount_flags,
+                           grow=record.node_capacity_bytes < size)
             except BaseException:
                 undo.run()
                 raise
             if record.node_capacity_bytes != size:
                 self._record_node_capacity(volume_id, size)
+            self.first_stage.reencrypt(record, device, size, key, _plan_of(record).format)
 
     def _record_node_capacity(self, volume_id: str, size: int) -> None:
         def grown(r: VolumeRecord) -> VolumeRecord:
@@ -171,21 +206,32 @@ class NodeEngine:
         self.volumes.update(volume_id, grown)
 
     def _open(self, record: VolumeRecord, attacher: NodeAttacher, device: str, name: str,
-              key: Secret) -> None:
+              key: Secret) -> bool:
+        """Open the volume's LUKS2 mapping, formatting a blank device first; return whether
+        it formatted."""
         luks_plan = _plan_of(record)
         formatted = cryptsetup.is_luks(device)
-        with self._reserve(record, device if formatted else None):
+        waiting = time.monotonic()
+        reservation = self._reserve(record, device if formatted else None)
+        with reservation:
+            if not isinstance(reservation, nullcontext):
+                self.metrics.waited_for_budget(time.monotonic() - waiting)
             if not formatted:
-                # The pool may know that nothing was ever written; else read all of it.
-                if attacher.written(record.id) is not WriteState.NEVER:
+                # The pool may know that nothing was ever written; else read all of it. A
+                # copy holds its source's bytes, whatever its pool says of its blocks.
+                if record.content_source is not None or \
+                        attacher.written(record.id) is not WriteState.NEVER:
                     require_blank(device)
                 cryptsetup.format_device(device, key, luks_plan.format)
                 failpoints.reached("stage:after-format")
                 write_policy_token(device, parse_luks_parameters(record.parameters),
                                    luks_plan)
+            opening = time.monotonic()
             with _explain_wrong_key(record):
                 cryptsetup.open_device(device, name, key, luks_plan.open)
+            self.metrics.unlocked(str(luks_plan.format.pbkdf), time.monotonic() - opening)
             failpoints.reached("stage:after-open")
+        return not formatted
 
     def _reserve(self, record: VolumeRecord, formatted: str | None
                  ) -> AbstractContextManager[None]:
@@ -223,27 +269,37 @@ class NodeEngine:
         staging = _directory(self.paths.check(staging_path, "staging_target_path"))
         with self.locks.hold(volume_id, "NodeUnstageVolume"):
             record = self._require(volume_id)
+            # A reencryption stops at a safe point and resumes at the next stage; one a crash
+            # interrupted is made safe to unmount and close first.
+            self.reencryptions.stop(volume_id)
+            reencrypt.release_interrupted(cryptsetup.mapping_name(volume_id))
             opened = _opened(record)
             _refuse_foreign(opened, staging, FailedPrecondition)
             # Everything is checked before anything is undone: a volume still published
             # keeps its staging mount and its mapping. (Copies of its mounts that propagation
-            # shows outside kubelet's dir are not publications.)
+            # shows outside kubelet's dir are not publications.) A Kata direct publication
+            # mounts nothing on the host: its mountInfo.json names the mapping.
             elsewhere = [m.target for m in opened.mounts()
                          if m.target != staging.real and self.paths.inside(m.target)]
+            elsewhere += self.modes.kata.targets(opened)
             if elsewhere:
                 raise FailedPrecondition(
-                    f"volume {volume_id} is still mounted at {quoted(elsewhere[0])}"
+                    f"volume {volume_id} is still published at {quoted(elsewhere[0])}"
                     f"{f' and {len(elsewhere) - 1} more' if len(elsewhere) > 1 else ''}; "
                     "unpublish it first"
                 )
-            for mode in MODES:
+            # A reencryption stops at a safe point and resumes at the next stage; one a crash
+            # interrupted is made safe to unmount and close first.
+            self.reencryptions.stop(volume_id)
+            reencrypt.release_interrupted(cryptsetup.mapping_name(volume_id))
+            for mode in self.modes.all:
                 mode.unstage(opened, staging)
             cryptsetup.close_device(cryptsetup.mapping_name(volume_id))
             self._attacher(record).detach(volume_id)
 
     # --- NodePublishVolume ------------------------------------------------------------------
     def publish(self, volume_id: str, staging_path: str, target_path: str, cap: Capability,
-                read_only: bool) -> None:
+                read_only: bool, context: Mapping[str, str] | None = None) -> None:
         staging = _directory(self.paths.check(staging_path, "staging_target_path"))
         target = self.paths.check(target_path, "target_path")
         with self.locks.hold(volume_id, "NodePublishVolume"):
@@ -261,7 +317,24 @@ class NodeEngine:
                 return  # published as asked already
             if not opened.is_open:
                 raise FailedPrecondition(f"volume {volume_id} is not staged on this node")
-            mode_for(cap).publish(opened, staging, target, read_only)
+            # A volume direct from its creation needs no API call; otherwise the pod may
+            # make it direct, and an unreadable pod stops the publish (Unavailable).
+            pod = NOT_READ if record.kata_direct else self.direct.at_publish(cap, context or {})
+            trigger = _trigger(record, pod)
+            mode = self.modes.for_request(cap, direct=trigger is not None)
+            direct = trigger if mode is self.modes.kata else None  # raw block never is
+            if direct is not None:
+                check_direct_access([cap], direct, FailedPrecondition)
+            else:
+                self.modes.kata.refuse_if_direct(opened)
+            options = PublishOptions(cap.mount_flags, cap.mount_group,
+                                     pod.fs_group_change_policy)
+            mode.publish(opened, staging, target, read_only, options)
+            if direct is not None:
+                log.info("kata direct volume published", extra={
+                    "volume": volume_id, "trigger": direct, "target": str(target),
+                    "handler": pod.handler})
+                self.metrics.published_direct(volume_id, direct)
 
     # --- NodeUnpublishVolume ----------------------------------------------------------------
     def unpublish(self, volume_id: str, target_path: str) -> None:
@@ -269,11 +342,15 @@ class NodeEngine:
         with self.locks.hold(volume_id, "NodeUnpublishVolume"):
             opened = _opened(self._require(volume_id))
             _refuse_foreign(opened, target, FailedPrecondition)
+            for mode in self.modes.all:
+                if mode.unpublish(opened, target):
+                    if mode is self.modes.kata:
+                        log.info("kata direct volume unpublished",
+                                 extra={"volume": volume_id, "target": str(target)})
+                        self.metrics.unpublished_direct(volume_id)
+                    return
             if not target.exists():
                 return  # not published there: done already
-            for mode in MODES:
-                if mode.unpublish(opened, target):
-                    return
             raise FailedPrecondition(
                 f"target_path {quoted(target)} holds something this driver did not make for "
                 f"volume {volume_id}; it is left alone"
@@ -303,6 +380,9 @@ class NodeEngine:
             attacher = self._attacher(record)
             if attacher.attached_device(volume_id) is None:
                 raise FailedPrecondition(f"volume {volume_id} is not attached on this node")
+            if self.reencryptions.running(volume_id):
+                raise Aborted(f"volume {volume_id} is being reencrypted to a new volume key; "
+                              "it grows once that has finished")
             if target > record.capacity_bytes:
                 record = self._grow_backing(record, target)
             backing = attacher.refresh(volume_id)
@@ -310,7 +390,7 @@ class NodeEngine:
                                  lambda: self._key(record, secrets, "NodeExpandVolume")):
                 failpoints.reached("expand:after-resize")
             opened = _opened(record)
-            for mode in MODES:
+            for mode in self.modes.all:
                 if mode.grow(opened, path):
                     break
             size = device_size(opened.device)
@@ -346,7 +426,8 @@ class NodeEngine:
             usage = None
             # A suspended mapping's I/O waits: nothing is asked of it then.
             if opened.is_open and not dm_suspended(opened.device):
-                usage = next((u for m in MODES if (u := m.usage(opened, path))), None)
+                usage = next((u for m in self.modes.all if (u := m.usage(opened, path))),
+                             None)
                 if usage is None:
                     problem = problem or (f"the volume is not mounted at {quoted(path)}; "
                                           "republish the volume")
@@ -361,8 +442,14 @@ class NodeEngine:
                                f"the volume answers I/O errors ({exc.strerror}) at "
                                f"{quoted(path)}: its filesystem may have shut down; unstage "
                                "the volume and repair the filesystem")
-        return VolumeStats(usage or none, block, problem is not None,
-                           problem or "the volume is mounted and its mapping is open")
+        message = problem or "the volume is mounted and its mapping is open"
+        reencryption = self.reencryptions.describe(volume_id)
+        if not reencryption and opened.is_open and record.reencrypt == "pending":
+            reencryption = ("the reencryption to a new volume key has not finished; it "
+                            "resumes at the next stage")
+        if reencryption:
+            message = f"{message}; {reencryption}"
+        return VolumeStats(usage or none, block, problem is not None, message)
 
     def _health(self, record: VolumeRecord, opened: OpenedVolume) -> str | None:
         """What is wrong below the filesystem: the mapping or the backing device."""
@@ -421,6 +508,17 @@ def _filesystem_health(opened: OpenedVolume, mounted: Mount | None) -> str | Non
     if mounted is None or mounted.fs_type not in filesystem.SUPPORTED:
         return None
     return filesystem.health(opened.device, mounted.target, mounted.fs_type)
+
+
+def _trigger(record: VolumeRecord, pod: PodVerdict) -> Trigger | None:
+    return recorded(record.kata_direct) or pod.trigger
+
+
+def release_interrupted_reencryptions() -> None:
+    """At start: reencryptions a crash interrupted may have left I/O hanging on a suspended
+    device; let it fail instead, so the volume can be unstaged and staged again."""
+    for helper in sorted(cryptsetup.MAPPER_DIR.glob("cryptvol-*-hotzone-forward")):
+        reencrypt.release_interrupted(helper.name.removesuffix("-hotzone-forward"))
 
 
 def _opened(record: VolumeRecord, fs_type: str = "") -> OpenedVolume:

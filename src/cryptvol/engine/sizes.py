@@ -36,3 +36,19 @@ def capacity_for(required: int, limit: int, minimum: int) -> int:
             f"least {max(minimum, required)} bytes in whole MiB"
         )
     return aligned
+
+
+def copy_capacity(required: int, limit: int, source_bytes: int, source: str) -> int:
+    """The size of a volume copied from `source` (a snapshot or volume of `source_bytes`):
+    the source's size, or more when asked; never less, since it holds all of the source."""
+    if limit and limit < source_bytes:
+        raise OutOfRange(
+            f"{source} holds {source_bytes} bytes: a volume made from it cannot be limited to "
+            f"{limit}; ask for at least {source_bytes} bytes"
+        )
+    if required and required < source_bytes:
+        raise OutOfRange(
+            f"{source} holds {source_bytes} bytes: a volume made from it cannot have "
+            f"{required}; ask for at least {source_bytes} bytes"
+        )
+    return capacity_for(required or source_bytes, limit, source_bytes)

@@ -38,6 +38,8 @@ class Capability:
     access_mode: AccessMode
     fs_type: str = ""
     mount_flags: tuple[str, ...] = field(default_factory=tuple)
+    # The pod's fsGroup (CSI volume_mount_group) as a decimal gid; empty: none.
+    mount_group: str = ""
 
     @property
     def read_only_mode(self) -> bool:

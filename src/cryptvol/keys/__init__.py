@@ -9,5 +9,8 @@ Key material only; the ordered store it lives in is `cryptvol.store`.
 - `rotation`: the stages prepare → rotate → reencrypt, by compare-and-swap.
 - `replicas`, `replica`: leased replica reports, agreement, and the replica loop/process.
 - `backup`: passphrase-protected export and import of the KEK set.
-- `config`: which store and provider a process uses; `metrics`: prometheus metrics.
+- `sealed`: small secrets sealed under the current KEK for the KMS plugin; `usage`: when
+  each KEK was last used by a KMS plugin, which retirement honours.
+- `config`: which store and provider a process uses.
+- `metrics`: the key manager's prometheus metrics, on a registry passed in.
 """

@@ -2,9 +2,10 @@
 
 The backup holds the key-set record (stage, roles, fingerprints) and the material of every
 KEK in it, encrypted with AES-256-GCM under a key derived from the passphrase with scrypt.
-Importing gives the material back to the configured provider (which may be another one than
-made the backup: a lost root key is replaced by sealing under the new one), and puts back or
-repairs the key-set record, checking every fingerprint, so a backup of other keys is refused.
+Importing gives the material back to the configured provider, and puts back or repairs the
+key-set record, checking every fingerprint, so a backup of other keys is refused. A key set
+sealed by another root key than the provider's is resealed only when asked (`reseal`): that
+is how a lost root key is replaced by a new one (made with `keys init-root-key`).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 from cryptvol.errors import Aborted, FailedPrecondition, InvalidArgument
 from cryptvol.keys.kek import Kek, KekProvider
 from cryptvol.keys.keyset import KEYSET_KEY, KeySetRecord
-from cryptvol.keys.manager import load_key_set
+from cryptvol.keys.manager import check_sealer, load_key_set
 from cryptvol.store.base import Compare, Put, Store
 from cryptvol.system.secret import Secret
 
@@ -59,10 +60,14 @@ def export_keys(store: Store, provider: KekProvider, passphrase: Secret) -> byte
     ).encode()
 
 
-def import_keys(store: Store, provider: KekProvider, blob: bytes, passphrase: Secret) -> list[str]:
-    """Restore a backup; return the KEK ids restored."""
+def import_keys(
+    store: Store, provider: KekProvider, blob: bytes, passphrase: Secret, *, reseal: bool = False
+) -> list[str]:
+    """Restore a backup; return the KEK ids restored. With `reseal`, a key set sealed by
+    another root key is sealed again by the provider's."""
     record, keks = _open(blob, passphrase)
-    refs = {k.id: provider.restore(k) for k in keks.values()}
+    sealer = provider.sealer()
+    refs: dict[str, str] | None = None
     for _ in range(10):
         entry = store.get(KEYSET_KEY)
         if entry is None:
@@ -77,9 +82,21 @@ def import_keys(store: Store, provider: KekProvider, blob: bytes, passphrase: Se
                         f"the backup's KEK {rec.id} is not the one the state store records"
                         " (fingerprints differ); this backup belongs to other keys"
                     )
+        if not reseal:
+            check_sealer(target, provider)
+        else:
+            lacking = [k.id for k in target.keks if k.id not in keks]
+            if lacking:
+                raise FailedPrecondition(
+                    f"the backup lacks KEK(s) {', '.join(lacking)} of the key set; resealing"
+                    " needs every KEK: export a backup that holds them"
+                )
+        if refs is None:
+            refs = {k.id: provider.restore(k) for k in keks.values()}
         repaired = replace(
             target,
             keks=tuple(replace(k, ref=refs.get(k.id, k.ref)) for k in target.keks),
+            sealed_by=sealer,
         )
         if store.txn([Compare(KEYSET_KEY, revision)], [Put(KEYSET_KEY, repaired.to_bytes())]):
             return sorted(refs)

@@ -139,6 +139,11 @@ def _forget_nonces_in_child() -> None:
 os.register_at_fork(after_in_child=_forget_nonces_in_child)
 
 
+def new_nonce() -> bytes:
+    """A fresh random 96-bit AES-GCM nonce (from the per-thread block of OS randomness)."""
+    return _nonces.take()
+
+
 def wrap(kek: Kek, dek: Secret, volume_id: str) -> bytes:
     nonce = _nonces.take()
     ct = kek.aead.encrypt(nonce, dek.reveal(), volume_id.encode())

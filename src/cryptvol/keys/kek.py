@@ -83,6 +83,16 @@ class KekProvider(Protocol):
         """Forget the material of a retired KEK (idempotent)."""
         ...
 
+    def sealer(self) -> str:
+        """The fingerprint of the key that seals the KEKs this provider makes (a root key),
+        or '' when none does. Raises like `open` when that key cannot be read."""
+        ...
+
+    def sealer_of(self, ref: str) -> str:
+        """The fingerprint of the key that sealed the KEK behind a recorded `ref` ('' when
+        it names none, or is another provider's)."""
+        ...
+
     def restore(self, kek: Kek) -> str:
         """Keep material from a backup (`cryptvol keys import`); return its new reference."""
         ...

@@ -77,6 +77,12 @@ class LocalKekProvider:
             if keks.pop(kek_id, None) is not None:
                 self._write(keks)
 
+    def sealer(self) -> str:
+        return ""  # the material is kept as it is, in a file only this node reads
+
+    def sealer_of(self, ref: str) -> str:
+        return ""
+
     # -- more than the interface ------------------------------------------------------------
 
     def load_all(self) -> dict[str, Kek]:

@@ -7,6 +7,9 @@ reads the record from etcd and holds the root key loads the same KEK set, and a 
 by `prepare` on one machine is known to all. A cloud KMS provider is this class with the
 root key replaced by calls to the KMS.
 
+Only `cryptvol keys init-root-key` makes a root key file (`make_root_key`): a mistyped path
+must never become a new root key that seals KEKs no other replica can open.
+
 Reference format: `rootkey:v1:<root key fingerprint>:<b64 nonce||ciphertext>`.
 """
 
@@ -24,6 +27,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from cryptvol.errors import FailedPrecondition
+from cryptvol.keys.config import missing_root_key
 from cryptvol.keys.kek import KEK_BYTES, Kek, kek_fingerprint, new_kek_material
 from cryptvol.system.secret import Secret
 
@@ -44,12 +48,20 @@ class RootKeyProvider:
     # -- provider interface --------------------------------------------------------------
 
     def create(self, kek_id: str) -> tuple[Kek, str]:
-        root = self._root(create=True)
+        root = self._root()
         kek = Kek(kek_id, new_kek_material(), time.time())
         return kek, self._seal(root, kek)
 
+    def sealer(self) -> str:
+        return kek_fingerprint(self._root())
+
+    def sealer_of(self, ref: str) -> str:
+        if not ref.startswith(_PREFIX) or ref.count(":") != 3:
+            return ""
+        return ref[len(_PREFIX) :].split(":", 1)[0]
+
     def open(self, kek_id: str, ref: str, created: float) -> Kek:
-        root = self._root(create=False)
+        root = self._root()
         if not ref.startswith(_PREFIX) or ref.count(":") != 3:
             raise FailedPrecondition(
                 f"KEK {kek_id} is recorded as held by another provider ({ref.split(':')[0]}),"
@@ -78,8 +90,8 @@ class RootKeyProvider:
         """Nothing to do: the sealed KEK lives only in the key-set record, which drops it."""
 
     def restore(self, kek: Kek) -> str:
-        """The reference for `kek` under this root key (making the root key if none yet)."""
-        return self._seal(self._root(create=True), kek)
+        """The reference for `kek` sealed under this root key."""
+        return self._seal(self._root(), kek)
 
     # -- the root key file -----------------------------------------------------------------
 
@@ -88,17 +100,11 @@ class RootKeyProvider:
         ct = AESGCM(root.reveal()).encrypt(nonce, kek.key.reveal(), _AAD.format(kek.id).encode())
         return f"{_PREFIX}{kek_fingerprint(root)}:{base64.b64encode(nonce + ct).decode()}"
 
-    def _root(self, *, create: bool) -> Secret:
+    def _root(self) -> Secret:
         try:
             fd = os.open(self.path, os.O_RDONLY)
         except FileNotFoundError:
-            if create:
-                return self._make_root()
-            raise FailedPrecondition(
-                f"the root key file {self.path} is missing, but the state store holds KEKs"
-                " sealed by it; mount it, or import a backup (cryptvol keys import)."
-                " cryptvol never makes a new root key in its place"
-            ) from None
+            raise FailedPrecondition(missing_root_key(self.path)) from None
         except OSError as exc:
             raise FailedPrecondition(
                 f"cannot open the root key {self.path}: {exc.strerror}"
@@ -121,26 +127,20 @@ class RootKeyProvider:
             ) from None
         return Secret(key)
 
-    def _make_root(self) -> Secret:
-        root = new_kek_material()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        doc = json.dumps({"v": 1, "key": base64.b64encode(root.reveal()).decode()})
-        try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            return self._root(create=False)  # another process made it first: use theirs
-        with os.fdopen(fd, "wb") as f:
-            f.write(doc.encode())
-            f.flush()
-            os.fsync(f.fileno())
-        return root
-
 
 def make_root_key(path: Path) -> None:
     """Write a new root key file (0600); refuses to overwrite one."""
-    if Path(path).exists():
-        raise FailedPrecondition(f"{path} exists; cryptvol never overwrites a root key")
-    RootKeyProvider(path)._make_root()
+    root = new_kek_material()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    doc = json.dumps({"v": 1, "key": base64.b64encode(root.reveal()).decode()})
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    except FileExistsError:
+        raise FailedPrecondition(f"{path} exists; cryptvol never overwrites a root key") from None
+    with os.fdopen(fd, "wb") as f:
+        f.write(doc.encode())
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def _is_kubernetes_secret_link(path: Path) -> bool:

@@ -62,6 +62,9 @@ class KeySetRecord:
     changed: float
     retired: tuple[Retired, ...] = ()
     history: tuple[tuple[str, float], ...] = field(default=())
+    # The fingerprint of the root key that seals every KEK of the set ('' when nothing seals
+    # them, as with the local KEK file); records written before it existed leave it empty.
+    sealed_by: str = ""
 
     @property
     def current(self) -> KekRecord:
@@ -96,6 +99,7 @@ class KeySetRecord:
                 "keks": [k.__dict__ for k in self.keks],
                 "retired": [r.__dict__ for r in self.retired],
                 "history": [list(h) for h in self.history],
+                "sealed_by": self.sealed_by,
             },
             separators=(",", ":"),
         ).encode()
@@ -112,6 +116,7 @@ class KeySetRecord:
                 keks=tuple(KekRecord(**k) for k in doc["keks"]),
                 retired=tuple(Retired(**r) for r in doc.get("retired", [])),
                 history=tuple((str(s), float(t)) for s, t in doc.get("history", [])),
+                sealed_by=str(doc.get("sealed_by", "")),
             )
         except (ValueError, KeyError, TypeError, AttributeError):
             raise FailedPrecondition(

@@ -13,6 +13,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,10 +25,11 @@ from cryptvol.errors import (
     NotFound,
     Unavailable,
 )
-from cryptvol.keys import envelope, metrics
+from cryptvol.keys import envelope
 from cryptvol.keys.kek import Kek, KekProvider, new_kek_id
 from cryptvol.keys.kek_local import LocalKekProvider
 from cryptvol.keys.keyset import DEK_PREFIX, KEYSET_KEY, KekRecord, KeySetRecord, dek_key
+from cryptvol.keys.metrics import KeyMetrics
 from cryptvol.store.base import Compare, Delete, Put, Store
 from cryptvol.store.sqlite import DB_FILE, SqliteStore
 from cryptvol.system.secret import Secret
@@ -35,6 +37,7 @@ from cryptvol.system.secret import Secret
 log = logging.getLogger(__name__)
 
 DEK_BYTES = 32
+NEXT_SUFFIX = "+next"
 _CAS_ATTEMPTS = 20
 _RETRY_EVERY = 1.0  # seconds between on-demand loads of a key set that would not load
 
@@ -98,12 +101,14 @@ def load_key_set(store: Store, provider: KekProvider, *, create: bool = True) ->
             )
         if not create:
             raise FailedPrecondition("the state store holds no key set yet")
+        sealer = provider.sealer()
         kek, ref = provider.create(new_kek_id())
         record = KeySetRecord(
             stage="start",
             keks=(KekRecord(kek.id, kek.created, kek.fingerprint, ref, "current"),),
             changed=time.time(),
             history=(("start", time.time()),),
+            sealed_by=sealer,
         )
         if store.txn([Compare(KEYSET_KEY, 0)], [Put(KEYSET_KEY, record.to_bytes())]):
             log.info("made the first KEK %s (%s)", kek.id, provider.name)
@@ -112,15 +117,44 @@ def load_key_set(store: Store, provider: KekProvider, *, create: bool = True) ->
     raise Aborted("the key-set record kept changing while loading it; retry")
 
 
+def check_sealer(record: KeySetRecord, provider: KekProvider) -> str:
+    """The fingerprint of the key `provider` seals new KEKs with, once it is the one `record`
+    already uses (as recorded, or as its KEKs' references name it); raise FailedPrecondition
+    naming both fingerprints when it is not. A key set is never resealed under another root
+    key by accident: that takes `cryptvol keys import --reseal`."""
+    mine = provider.sealer()
+    theirs = record.sealed_by or next(
+        (fp for k in record.keks if (fp := provider.sealer_of(k.ref))), ""
+    )
+    if mine != theirs:
+        sealed = f"the root key with fingerprint {theirs}" if theirs else "no root key"
+        offered = f"has fingerprint {mine}" if mine else "is no root key"
+        raise FailedPrecondition(
+            f"the key set is sealed by {sealed}, but {provider.name} {offered}: give the root"
+            " key the key set uses. Nothing was changed (to move the key set to another root"
+            " key: cryptvol keys import --reseal)"
+        )
+    return mine
+
+
 class KeyManager:
     """Creates, reads and deletes the DEK of each volume. Thread-safe."""
 
-    def __init__(self, store: Store, provider: KekProvider, *, lazy: bool = False) -> None:
+    def __init__(
+        self,
+        store: Store,
+        provider: KekProvider,
+        *,
+        lazy: bool = False,
+        metrics: KeyMetrics | None = None,
+    ) -> None:
         """Load the key set now. With `lazy`, a failure leaves the manager not ready (with the
         reason) instead of raising; `reload()` tries again. Without it, only an unreachable
-        store is tolerated: missing or corrupt KEK material raises FailedPrecondition."""
+        store is tolerated: missing or corrupt KEK material raises FailedPrecondition.
+        `metrics` records on the process's registry (a private one when not given)."""
         self.store = store
         self.provider = provider
+        self.metrics = metrics if metrics is not None else KeyMetrics()
         self._lock = threading.Lock()
         self._loaded: LoadedKeySet | None = None
         self._reason = "the key set has not been loaded yet"
@@ -152,7 +186,7 @@ class KeyManager:
                 raise
             self._loaded = loaded
             self._reason = ""
-            metrics.observe_key_set(loaded.record)
+            self.metrics.observe_key_set(loaded.record)
             return loaded
 
     @property
@@ -173,7 +207,8 @@ class KeyManager:
     def loaded_or_none(self) -> LoadedKeySet | None:
         return self._loaded
 
-    def _refresh_if_stale(self, seen: LoadedKeySet) -> LoadedKeySet:
+    def refresh_if_stale(self, seen: LoadedKeySet) -> LoadedKeySet:
+        """`seen`, or the key set loaded again if the store's record has changed since."""
         entry = self.store.get(KEYSET_KEY)
         if entry is not None and entry.revision != seen.revision:
             return self.reload()
@@ -183,24 +218,16 @@ class KeyManager:
 
     def create_dek(self, volume_id: str) -> Secret:
         _check_volume_id(volume_id)
-        key = dek_key(volume_id)
-        for _ in range(_CAS_ATTEMPTS):
-            loaded = self.loaded
-            entry = self.store.get(key)
-            if entry is not None:
-                return self._unwrap(entry.value, volume_id, loaded)
-            dek = Secret(os.urandom(DEK_BYTES))
-            try:
-                blob = envelope.wrap(loaded.current, dek, volume_id)
-            except Exception:
-                metrics.WRAP_ERRORS.inc()
-                raise
-            if self.store.txn(
-                [Compare(key, 0), Compare(KEYSET_KEY, loaded.revision)], [Put(key, blob)]
-            ):
-                return dek
-            self._refresh_if_stale(loaded)
-        raise Aborted(f"the data key of volume {volume_id} kept changing while creating it; retry")
+        return self._store_new(volume_id, lambda: Secret(os.urandom(DEK_BYTES)))
+
+    def copy_dek(self, source_id: str, target_id: str) -> None:
+        """Give `target_id` its own copy of the DEK of `source_id`, wrapped for `target_id`
+        (its id is the associated data, like any DEK's, and KEK rotation re-wraps it like
+        any other). A snapshot keeps the key its bytes were written with this way, whatever
+        later happens to its source's key. A repeat keeps the copy already made."""
+        _check_volume_id(source_id)
+        _check_volume_id(target_id)
+        self._store_new(target_id, lambda: self.get_dek(source_id))
 
     def get_dek(self, volume_id: str) -> Secret:
         _check_volume_id(volume_id)
@@ -216,24 +243,95 @@ class KeyManager:
         return self.store.get(dek_key(volume_id)) is not None
 
     def delete_dek(self, volume_id: str) -> None:
+        """Shred the DEK: delete it, then have the store forget its history, so the wrapped
+        key cannot be read back from an earlier revision or the store's files. Run again
+        after a failure, it forgets what the failed run left."""
         _check_volume_id(volume_id)
-        self.store.txn([], [Delete(dek_key(volume_id))])
+        self.store.txn([], [Delete(dek_key(volume_id)), Delete(dek_key(_next_id(volume_id)))])
+        self.store.forget_history()
+
+    # -- replacing one volume's DEK: a new key is made, the node adds a keyslot for it and
+    # removes the old one, then the new key takes the old one's place. Until then both are
+    # kept, so a crash between any two steps leaves a key that opens the volume.
+
+    def next_dek(self, volume_id: str) -> Secret:
+        """The DEK that will replace the volume's current one, made on first ask."""
+        _check_volume_id(volume_id)
+        return self._store_new(_next_id(volume_id), lambda: Secret(os.urandom(DEK_BYTES)))
+
+    def pending_dek(self, volume_id: str) -> Secret | None:
+        """The replacement DEK `next_dek` made and `promote_next_dek` has not yet put in
+        place, or None."""
+        _check_volume_id(volume_id)
+        try:
+            return self.get_dek(_next_id(volume_id))
+        except NotFound:
+            return None
+
+    def promote_next_dek(self, volume_id: str) -> None:
+        """Make the replacement DEK the volume's DEK, in one transaction; without a
+        replacement (a repeat) nothing changes."""
+        _check_volume_id(volume_id)
+        current_key, next_key = dek_key(volume_id), dek_key(_next_id(volume_id))
+        for _ in range(_CAS_ATTEMPTS):
+            loaded = self.loaded
+            entry = self.store.get(next_key)
+            if entry is None:
+                return
+            dek = self._unwrap(entry.value, _next_id(volume_id), loaded)
+            blob = envelope.wrap(loaded.current, dek, volume_id)
+            if self.store.txn(
+                [Compare(next_key, entry.revision), Compare(KEYSET_KEY, loaded.revision)],
+                [Put(current_key, blob), Delete(next_key)],
+            ):
+                return
+            self.refresh_if_stale(loaded)
+        raise Aborted(f"the data key of volume {volume_id} kept changing while replacing it")
+
+    def _store_new(self, key_id: str, make: Callable[[], Secret]) -> Secret:
+        """Wrap and store the DEK `make()` gives under `key_id` unless one is there already;
+        return the stored DEK. A DEK is never replaced in place."""
+        key = dek_key(key_id)
+        for _ in range(_CAS_ATTEMPTS):
+            loaded = self.loaded
+            entry = self.store.get(key)
+            if entry is not None:
+                return self._unwrap(entry.value, key_id, loaded)
+            dek = make()
+            try:
+                blob = envelope.wrap(loaded.current, dek, key_id)
+            except Exception:
+                self.metrics.wrap_errors.inc()
+                raise
+            if self.store.txn(
+                [Compare(key, 0), Compare(KEYSET_KEY, loaded.revision)], [Put(key, blob)]
+            ):
+                return dek
+            self.refresh_if_stale(loaded)
+        raise Aborted(f"the data key of {key_id} kept changing while creating it; retry")
 
     def _unwrap(self, raw: bytes, volume_id: str, loaded: LoadedKeySet) -> Secret:
         try:
             kek_id = envelope.peek_kek_id(raw, what=f"volume {volume_id}")
             if kek_id not in loaded.keks:
                 # A rotation may have happened since this replica loaded its key set.
-                loaded = self._refresh_if_stale(loaded)
+                loaded = self.refresh_if_stale(loaded)
             return envelope.unwrap(raw, volume_id, loaded.find)
         except CryptvolError:
-            metrics.UNWRAP_ERRORS.inc()
+            self.metrics.unwrap_errors.inc()
             raise
 
 
 def stored_dek_ids(store: Store) -> list[str]:
-    """The volume ids the store holds a wrapped DEK for; needs no KEK."""
-    return [entry.key[len(DEK_PREFIX):] for entry in store.range(DEK_PREFIX)]
+    """The ids of the volumes and snapshots the store holds a wrapped DEK for, a pending
+    replacement's (`next_dek`) under its owner's id; needs no KEK."""
+    return sorted({entry.key[len(DEK_PREFIX):].removesuffix(NEXT_SUFFIX)
+                   for entry in store.range(DEK_PREFIX)})
+
+
+def _next_id(volume_id: str) -> str:
+    # Volume and snapshot ids never hold '+', so the replacement's id is nobody's own.
+    return volume_id + NEXT_SUFFIX
 
 
 def _check_volume_id(volume_id: str) -> None:

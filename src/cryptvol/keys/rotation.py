@@ -5,7 +5,9 @@ Stages, in the key-set record (`keyset`):
 `prepare` (from start or reencrypt_finished) adds a new KEK that every replica loads but none
 wraps with; `rotate` (from prepare) makes it current, keeping the old one to unwrap;
 `reencrypt` (from rotate) re-wraps every DEK under the current KEK and then retires the
-others. Each transition first waits until every live replica reports the key set of the
+others, unless a KMS plugin used one of them within the retire grace (`usage`): what the
+plugin encrypted lives in kube-apiserver's store, which only the operator can rewrite.
+Each transition first waits until every live replica reports the key set of the
 present stage (bounded), and then changes the record by compare-and-swap: two operators, or
 an operator and a crashed-and-restarted one, can never both apply it.
 
@@ -22,13 +24,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 
 from cryptvol.errors import Aborted, FailedPrecondition, InvalidArgument
-from cryptvol.keys import envelope, metrics
+from cryptvol.keys import envelope
 from cryptvol.keys.kek import KekProvider, new_kek_id
 from cryptvol.keys.keyset import (
     DEK_PREFIX,
@@ -37,7 +39,8 @@ from cryptvol.keys.keyset import (
     KeySetRecord,
     Retired,
 )
-from cryptvol.keys.manager import LoadedKeySet, load_key_set
+from cryptvol.keys.manager import LoadedKeySet, check_sealer, load_key_set
+from cryptvol.keys.metrics import KeyMetrics
 from cryptvol.keys.replicas import await_agreement
 from cryptvol.keys.status import (
     ALLOWED_NEXT,
@@ -48,6 +51,7 @@ from cryptvol.keys.status import (
     read_key_set,
     read_status,
 )
+from cryptvol.keys.usage import DEFAULT_RETIRE_GRACE, LastUse, recently_used
 from cryptvol.store.base import Compare, Entry, Put, Store
 
 log = logging.getLogger(__name__)
@@ -61,9 +65,15 @@ Progress = Callable[[int, int], None]
 class Rotation:
     """Drives the stages. `provider` is needed for prepare and reencrypt, not for status."""
 
-    def __init__(self, store: Store, provider: KekProvider | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        provider: KekProvider | None = None,
+        metrics: KeyMetrics | None = None,
+    ) -> None:
         self.store = store
         self._provider = provider
+        self.metrics = metrics if metrics is not None else KeyMetrics()
 
     @property
     def provider(self) -> KekProvider:
@@ -107,13 +117,14 @@ class Rotation:
             [Compare(KEYSET_KEY, old_revision)], [Put(KEYSET_KEY, new.to_bytes()), *extra]
         ):
             raise Aborted("the key set changed while this transition ran; run it again")
-        metrics.observe_key_set(new)
+        self.metrics.observe_key_set(new)
         entry = self.store.get(KEYSET_KEY)
         return entry.revision if entry else 0
 
     def prepare(self, *, force: bool = False, wait: float = DEFAULT_WAIT) -> KekRecord:
         record, revision = self.read()
         self._check_stage(record, "prepare", force)
+        sealer = check_sealer(record, self.provider)
         self.forget_retired()
         if record.by_role("prepared"):
             raise FailedPrecondition(
@@ -122,8 +133,9 @@ class Rotation:
         self._agree(record, force, wait)
         kek, ref = self.provider.create(new_kek_id())
         added = KekRecord(kek.id, kek.created, kek.fingerprint, ref, "prepared")
+        moved = record.moved("prepare", (*record.keks, added), time.time(), sealed_by=sealer)
         try:
-            self._swap(revision, record.moved("prepare", (*record.keks, added), time.time()))
+            self._swap(revision, moved)
         except Aborted:
             self.provider.discard(kek.id)
             raise
@@ -155,8 +167,13 @@ class Rotation:
         wait: float = DEFAULT_WAIT,
         batch: int = 0,
         progress: Progress | None = None,
+        retire_grace: float = DEFAULT_RETIRE_GRACE,
     ) -> ReencryptState:
         """Run (or resume) reencrypt through to reencrypt_finished; return the final cursor.
+
+        Before retiring, a KEK a KMS plugin used within `retire_grace` seconds stops it with
+        FailedPrecondition (unless `force`): every DEK is re-wrapped by then and the stage
+        stays reencrypt_active, so running it again later only retires.
 
         Run again once finished, it only forgets retired KEK material that a crash between
         retiring and forgetting may have left, and returns the finished cursor."""
@@ -193,6 +210,7 @@ class Rotation:
         state = self._walk(loaded, batch or _batch_size(self.store), progress)
         self._sweep(loaded, progress, state)
         self._agree(loaded.record, force, wait)
+        self._check_kms_use(loaded, force, retire_grace)
         return self._finish(loaded)
 
     def _walk(self, loaded: LoadedKeySet, batch: int, progress: Progress | None) -> ReencryptState:
@@ -239,8 +257,7 @@ class Rotation:
                         last_save = time.monotonic()
                     if progress is not None:
                         progress(state.done, state.total)
-                    metrics.REENCRYPT_DONE.set(state.done)
-                    metrics.REENCRYPT_TOTAL.set(state.total)
+                    self.metrics.observe_reencrypt(state.done, state.total)
                 if not entries:
                     return state
 
@@ -308,7 +325,7 @@ class Rotation:
                 return None
             dek = envelope.open_envelope(env, volume_id, loaded.find(env.kek_id))
         except Exception:
-            metrics.UNWRAP_ERRORS.inc()
+            self.metrics.unwrap_errors.inc()
             raise
         return envelope.wrap(loaded.current, dek, volume_id)
 
@@ -328,6 +345,16 @@ class Rotation:
         if progress is not None:
             progress(state.total, state.total)
 
+    def _check_kms_use(self, loaded: LoadedKeySet, force: bool, grace: float) -> None:
+        old = [k.id for k in loaded.record.by_role("previous")]
+        busy = recently_used(self.store, old, grace)
+        if not busy:
+            return
+        message = kms_use_message(busy, loaded.record.current.id, grace)
+        if not force:
+            raise FailedPrecondition(message + " (--force retires it now)")
+        log.warning("forced: %s", message)
+
     def _finish(self, loaded: LoadedKeySet) -> ReencryptState:
         now = time.time()
         record = loaded.record
@@ -335,24 +362,64 @@ class Rotation:
         keks = tuple(k for k in record.keks if k.role != "previous")
         retired = (*record.retired, *(Retired(k.id, k.fingerprint, now) for k in old))
         state, _ = self.cursor()
-        final = replace(state, finished=True, updated=now) if state else None
+        # A resumed run walks again what a crashed one committed after its last cursor save,
+        # so the cursor's counts fall short: the finished one says what the store holds.
+        held = self.store.count(DEK_PREFIX)
+        final = replace(state, done=held, total=held, finished=True, updated=now) if state else None
         extra = [Put(REENCRYPT_KEY, final.to_bytes())] if final else []
         self._swap(
             loaded.revision, record.moved("reencrypt_finished", keks, now, retired=retired), *extra
         )
         for k in old:
             self.provider.discard(k.id)
+        # The retired KEKs' sealed material and the DEKs re-wrapped from them are still in
+        # the store's history until it forgets it.
+        self.store.forget_history()
         log.info("reencrypt finished; retired %s", ", ".join(k.id for k in old) or "nothing")
         return final or ReencryptState("", 0, 0, 0, record.current.id, now, now, True)
 
     def forget_retired(self) -> None:
-        """Drop retired KEK material a crash may have left behind (idempotent)."""
+        """Drop retired KEK material a crash may have left behind, in the provider and in
+        the store's history (idempotent)."""
         record, _ = self.read()
         for r in record.retired:
             self.provider.discard(r.id)
+        if record.retired:
+            self.store.forget_history()
 
 
-FORCE_SKIPS = "the stage order and the wait for every replica to agree"
+FORCE_SKIPS = (
+    "the stage order and the wait for every replica to agree, and the KMS plugins' retire grace"
+)
+REWRITE_SECRETS = "kubectl get secrets -A -o json | kubectl replace -f -"
+
+
+def kms_use_message(busy: list[LastUse], current: str, grace: float) -> str:
+    now = time.time()
+    uses = "; ".join(
+        f"KEK {u.kek_id} was used by KMS plugin {u.replica} {now - u.time:.0f}s ago" for u in busy
+    )
+    return (
+        f"every DEK is re-wrapped under {current}, but the old KEK cannot be retired yet: {uses}"
+        f" (retire grace {grace:g}s). kube-apiserver's stored Secrets may still be encrypted"
+        f" under it: rewrite them ({REWRITE_SECRETS}) and run cryptvol keys reencrypt again"
+        " once no plugin has used the old KEK for the retire grace"
+    )
+
+
+def deks_per_kek(store: Store) -> Counter[str]:
+    """How many wrapped DEKs the store holds under each KEK id ("unreadable": envelopes
+    that do not parse), read page by page."""
+    counts: Counter[str] = Counter()
+    after = ""
+    while entries := store.range(DEK_PREFIX, start_after=after, limit=1000):
+        for e in entries:
+            try:
+                counts[envelope.peek_kek_id(e.value, what=e.key)] += 1
+            except FailedPrecondition:
+                counts["unreadable"] += 1
+        after = entries[-1].key
+    return counts
 
 
 def _batch_size(store: Store) -> int:

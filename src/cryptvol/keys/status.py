@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from cryptvol.errors import FailedPrecondition
 from cryptvol.keys.keyset import DEK_PREFIX, KEYSET_KEY, KeySetRecord
 from cryptvol.keys.replicas import ReplicaReport, live_replicas
+from cryptvol.keys.usage import LastUse, read_usage
 from cryptvol.store.base import Store
 
 REENCRYPT_KEY = "/cryptvol/keys/reencrypt"
@@ -72,6 +73,12 @@ class Status:
     replicas: list[ReplicaReport]
     reencrypt: ReencryptState | None
     deks: int
+    usage: dict[str, LastUse]
+
+    def _last_use(self, kek_id: str) -> dict[str, object]:
+        use = self.usage.get(kek_id)
+        return {"kms_last_used": use.time if use else None,
+                "kms_last_used_by": use.replica if use else None}
 
     def to_json(self) -> dict[str, object]:
         expected = self.record.report()
@@ -80,10 +87,16 @@ class Status:
             "allowed_next": list(ALLOWED_NEXT[self.record.stage]),
             "current_kek": self.record.current.id,
             "keks": [
-                {"id": k.id, "role": k.role, "created": k.created, "fingerprint": k.fingerprint}
+                {
+                    "id": k.id,
+                    "role": k.role,
+                    "created": k.created,
+                    "fingerprint": k.fingerprint,
+                    **self._last_use(k.id),
+                }
                 for k in self.record.keks
             ],
-            "retired": [r.__dict__ for r in self.record.retired],
+            "retired": [{**r.__dict__, **self._last_use(r.id)} for r in self.record.retired],
             "expected_report": expected,
             "replicas": [
                 {
@@ -127,4 +140,6 @@ def read_cursor(store: Store) -> tuple[ReencryptState | None, int]:
 def read_status(store: Store) -> Status:
     record, revision = read_key_set(store)
     state, _ = read_cursor(store)
-    return Status(record, revision, live_replicas(store), state, store.count(DEK_PREFIX))
+    return Status(
+        record, revision, live_replicas(store), state, store.count(DEK_PREFIX), read_usage(store)
+    )

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from cryptvol.errors import FailedPrecondition, InvalidArgument, NotFound
-from cryptvol.system import CommandError, run
+from cryptvol.system import CommandError, SecretFd, run
 from cryptvol.system.secret import Secret
 
 CRYPTSETUP = "cryptsetup"
@@ -48,12 +48,18 @@ class FormatOptions:
     label: str | None = None
 
     def argv(self) -> list[str]:
-        args = [
-            "--cipher", self.cipher,
-            "--key-size", str(self.key_size),
-            "--hash", self.hash,
-            "--pbkdf", self.pbkdf,
-        ]
+        args = ["--cipher", self.cipher, "--key-size", str(self.key_size),
+                *self.keyslot_argv()]
+        if self.sector_size is not None:
+            args += ["--sector-size", str(self.sector_size)]
+        if self.label is not None:
+            args += ["--label", self.label]
+        return args
+
+    def keyslot_argv(self) -> list[str]:
+        """How a keyslot stretches its key: for luksFormat, and for every keyslot added
+        later (a new key, a reencryption's), so those cost what the plan says."""
+        args = ["--hash", self.hash, "--pbkdf", self.pbkdf]
         if self.pbkdf_memory_kib is not None and self.pbkdf != "pbkdf2":
             args += ["--pbkdf-memory", str(self.pbkdf_memory_kib)]
         if self.pbkdf_parallel is not None and self.pbkdf != "pbkdf2":
@@ -62,10 +68,6 @@ class FormatOptions:
             args += ["--pbkdf-force-iterations", str(self.pbkdf_force_iterations)]
         elif self.iter_time_ms is not None:
             args += ["--iter-time", str(self.iter_time_ms)]
-        if self.sector_size is not None:
-            args += ["--sector-size", str(self.sector_size)]
-        if self.label is not None:
-            args += ["--label", self.label]
         return args
 
 
@@ -130,18 +132,20 @@ def format_device(device: str, key: Secret, options: FormatOptions) -> None:
     )
 
 
-def open_device(device: str, name: str, key: Secret, options: OpenOptions) -> None:
+def _run_keyed(argv: list[str | SecretFd], refused: str, **kwargs: Any) -> None:
+    """Run a cryptsetup command that needs a key; a key it refuses is WrongKey(`refused`)."""
     try:
-        run(
-            [CRYPTSETUP, "open", "--type", "luks2", *options.argv(), "--key-file=-",
-             device, name],
-            secret=key.reveal(),
-            timeout=300,
-        )
+        run(argv, timeout=300, **kwargs)
     except CommandError as exc:
         if exc.returncode == EXIT_NO_PERMISSION:
-            raise WrongKey(f"the key does not unlock the LUKS2 header on {device}") from None
+            raise WrongKey(refused) from None
         raise
+
+
+def open_device(device: str, name: str, key: Secret, options: OpenOptions) -> None:
+    _run_keyed([CRYPTSETUP, "open", "--type", "luks2", *options.argv(), "--key-file=-",
+                device, name],
+               f"the key does not unlock the LUKS2 header on {device}", secret=key.reveal())
 
 
 def test_key(device: str, key: Secret) -> bool:
@@ -151,6 +155,20 @@ def test_key(device: str, key: Secret) -> bool:
         secret=key.reveal(), check=False, timeout=300,
     )
     return result.returncode == 0
+
+
+def add_key(device: str, key: Secret, new_key: Secret, options: FormatOptions) -> None:
+    """Add a keyslot for `new_key`, authorized by `key`; both travel through pipes."""
+    _run_keyed([CRYPTSETUP, "luksAddKey", "--batch-mode", *options.keyslot_argv(),
+                "--key-file", SecretFd("key"), device, SecretFd("new")],
+               f"the key does not unlock the LUKS2 header on {device}",
+               fd_secrets={"key": key.reveal(), "new": new_key.reveal()})
+
+
+def remove_key(device: str, key: Secret) -> None:
+    """Remove the keyslot `key` opens; another keyslot must stay."""
+    _run_keyed([CRYPTSETUP, "luksRemoveKey", "--batch-mode", "--key-file=-", device],
+               f"no keyslot on {device} opens with the key to remove", secret=key.reveal())
 
 
 def close_device(name: str) -> None:
@@ -165,15 +183,11 @@ def resize(name: str, key: Secret | None) -> None:
     lives in the kernel keyring; with the key in the dm table, `key` may be None."""
     if not is_active(name):
         raise NotFound(f"mapping {name} is not open")
-    try:
-        if key is None:
-            run([CRYPTSETUP, "resize", "--batch-mode", name], timeout=120)
-        else:
-            run([CRYPTSETUP, "resize", "--key-file=-", name], secret=key.reveal(), timeout=300)
-    except CommandError as exc:
-        if exc.returncode == EXIT_NO_PERMISSION:
-            raise WrongKey(f"the key does not unlock mapping {name} for resize") from None
-        raise
+    if key is None:
+        run([CRYPTSETUP, "resize", "--batch-mode", name], timeout=120)
+    else:
+        _run_keyed([CRYPTSETUP, "resize", "--key-file=-", name],
+                   f"the key does not unlock mapping {name} for resize", secret=key.reveal())
 
 
 def status(name: str) -> MappingStatus | None:

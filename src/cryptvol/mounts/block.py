@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from cryptvol.errors import AlreadyExists, quoted
 from cryptvol.mounts import filesystem
 from cryptvol.mounts.filesystem import Usage
-from cryptvol.mounts.modes import OpenedVolume
+from cryptvol.mounts.modes import NO_OPTIONS, OpenedVolume, PublishOptions
 from cryptvol.mounts.mountinfo import Mount, mounts_at
 from cryptvol.mounts.paths import NodePath
 from cryptvol.system.devices import device_size
@@ -29,7 +29,7 @@ class BlockBind:
         return None
 
     def publish(self, volume: OpenedVolume, staging: NodePath, target: NodePath,
-                read_only: bool) -> None:
+                read_only: bool, options: PublishOptions = NO_OPTIONS) -> None:
         try:
             made = target.make_file(0o600)
         except IsADirectoryError:

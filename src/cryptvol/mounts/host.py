@@ -2,7 +2,10 @@
 bind-mounted at each target. The filesystem is made only on a mapping proven blank.
 
 The engine has refused a path holding a mount that is not this volume's before any step
-here runs; each step still touches only this volume's mounts and what it made itself."""
+here runs; each step still touches only this volume's mounts and what it made itself.
+
+A Kata direct publication of a volume staged here releases the staging mount (nothing of a
+direct volume stays mounted on the host); a later host publication mounts it again."""
 
 from __future__ import annotations
 
@@ -12,8 +15,9 @@ from collections.abc import Sequence
 from cryptvol.errors import AlreadyExists, FailedPrecondition, quoted
 from cryptvol.mounts import filesystem
 from cryptvol.mounts.filesystem import Usage
-from cryptvol.mounts.modes import OpenedVolume
+from cryptvol.mounts.modes import NO_OPTIONS, OpenedVolume, PublishOptions
 from cryptvol.mounts.mountinfo import Mount, mounts_at
+from cryptvol.mounts.ownership import apply_fs_group
 from cryptvol.mounts.paths import NodePath
 from cryptvol.system import failpoints
 
@@ -46,7 +50,10 @@ class HostMount:
             filesystem.unmount(staging.real)
 
     def publish(self, volume: OpenedVolume, staging: NodePath, target: NodePath,
-                read_only: bool) -> None:
+                read_only: bool, options: PublishOptions = NO_OPTIONS) -> None:
+        if not volume.mounts() and _is_dir(staging):
+            # Released to a Kata guest by an earlier direct publication: mount it again.
+            self.stage(volume, staging, options.mount_flags, grow=False)
         if not _own_mounts(volume, staging):
             raise FailedPrecondition(
                 f"volume {volume.volume_id} is not staged at {quoted(staging)}; "
@@ -63,6 +70,9 @@ class HostMount:
             raise AlreadyExists(f"target_path {quoted(target)} holds files; not mounting over "
                                 "them")
         try:
+            if options.mount_group:
+                apply_fs_group(staging.real, int(options.mount_group), read_only,
+                               options.fs_group_change_policy or "Always")
             filesystem.bind_mount(staging.real, target.real, read_only)
         except BaseException:
             if made:
@@ -98,3 +108,8 @@ class HostMount:
 def _own_mounts(volume: OpenedVolume, path: NodePath) -> list[Mount]:
     """This volume's filesystem mounts at `path` (a raw block bind is not one)."""
     return [m for m in mounts_at(path.real) if m.dev == volume.rdev and volume.is_open]
+
+
+def _is_dir(path: NodePath) -> bool:
+    found = path.lstat()
+    return found is not None and stat.S_ISDIR(found.st_mode)

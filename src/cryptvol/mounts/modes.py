@@ -71,6 +71,20 @@ class OpenedVolume:
         return next((m for m in mounts_at(path.real) if not self.owns(m)), None)
 
 
+@dataclass(frozen=True)
+class PublishOptions:
+    """What a publication asks beyond its target and read-only flag."""
+
+    mount_flags: tuple[str, ...] = ()
+    # The pod's fsGroup (CSI volume_mount_group), a decimal gid; empty: none.
+    mount_group: str = ""
+    # The pod's fsGroupChangePolicy when the driver could read it: Always, OnRootMismatch.
+    fs_group_change_policy: str = ""
+
+
+NO_OPTIONS = PublishOptions()
+
+
 class PublishMode(Protocol):
     """Every path is a checked `NodePath`, and the engine has refused one holding a mount
     that is not this volume's. A step that fails undoes what it did itself."""
@@ -88,7 +102,7 @@ class PublishMode(Protocol):
         ...
 
     def publish(self, volume: OpenedVolume, staging: NodePath, target: NodePath,
-                read_only: bool) -> None:
+                read_only: bool, options: PublishOptions = NO_OPTIONS) -> None:
         """Publish at a target that holds no mount: AlreadyExists when it holds something
         this mode cannot publish on (files, another kind of target)."""
         ...

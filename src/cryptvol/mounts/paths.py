@@ -14,7 +14,8 @@ resolved once.
 
 More than one root can be allowed, each under a name: request paths live under `kubelet`;
 a publish mode that writes its own files elsewhere (Kata's `mountInfo.json` under
-`/run/kata-containers`) checks them against its own root with the same walk.
+`/run/kata-containers/shared/direct-volumes`) works below its own root, resolved here once,
+and opens every name below it without following a symlink (`mounts.direct_volumes`).
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ from pathlib import Path
 from cryptvol.errors import InvalidArgument, NotFound, quoted
 
 KUBELET = "kubelet"
+# Kata's direct-volume dir: the kata publish mode writes each target's mountInfo.json there.
+KATA_DIRECT = "kata-direct-volumes"
 DEFAULT_KUBELET_DIR = Path("/var/lib/kubelet")
 PATH_MAX = 4096
 _DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -150,6 +153,10 @@ class PathGuard:
         # nothing can be inside it until it exists.
         self.roots = {name: os.path.realpath(root) for name, root in roots.items()}
         self._given = {name: os.path.normpath(str(root)) for name, root in roots.items()}
+
+    def root(self, name: str) -> Path:
+        """Root `name`, resolved: what the checks compare paths with."""
+        return Path(self.roots[name])
 
     def check(self, path: str, field: str, root: str = KUBELET) -> NodePath:
         """`path` as a NodePath below root `root`. InvalidArgument when it is relative, has

@@ -9,21 +9,27 @@ combination that cannot work) before anything is written.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
-from typing import Protocol
+from typing import Literal, Protocol
+
+# How a pool makes a snapshot, or a new volume from a snapshot or volume:
+# - "thin": copy-on-write inside the pool: constant time, blocks shared, and atomic, so it
+#   may be taken while the volume is attached and written;
+# - "copy": the bytes are copied: time and space grow with the data, and a copy taken while
+#   the volume is written would mix moments, so the engine takes one only of a volume that
+#   is not attached;
+# - "": the pool cannot.
+CopyMethod = Literal["thin", "copy", ""]
 
 
 @dataclass(frozen=True)
 class PoolCapabilities:
     # A backing volume can grow while it is attached and in use.
     online_expand: bool
-    # Snapshots are copy-on-write inside the pool (constant time, shared blocks).
-    thin_snapshot: bool
-    # The pool makes a writable volume from a snapshot or volume by itself.
-    clone: bool
-    # A volume can be filled by copying another's blocks through the node.
-    block_copy: bool
+    snapshot: CopyMethod
+    clone: CopyMethod
 
 
 @dataclass(frozen=True)
@@ -32,6 +38,17 @@ class CopySource:
 
     volume_id: str
     snapshot_id: str = ""
+
+
+@dataclass(frozen=True)
+class PoolEncryption:
+    """Encryption a pool applies itself, beneath every volume's LUKS2 (ZFS native
+    encryption): `cipher` is "off" where there is none."""
+
+    cipher: str
+    # Where the pool's key is managed (ZFS: the encryption root), and whether it is loaded.
+    root: str = ""
+    key_loaded: bool = True
 
 
 @dataclass(frozen=True)
@@ -63,7 +80,9 @@ class Provisioner(Protocol):
         ...
 
     def delete(self, volume_id: str) -> None:
-        """Remove the backing volume; removing an absent one succeeds."""
+        """Remove the backing volume; removing an absent one succeeds. It must succeed while
+        snapshots of it or copies made from it live: they stay usable, and where they still
+        share its storage, that storage is freed when the last of them goes."""
         ...
 
     def size(self, volume_id: str) -> int | None:
@@ -93,8 +112,9 @@ class Provisioner(Protocol):
         ...
 
     def copy(self, source: CopySource, volume_id: str, size_bytes: int) -> None:
-        """Make a new backing volume of at least `size_bytes` holding the source's bytes.
-        A repeat with the same arguments is a no-op."""
+        """Make a new backing volume of at least `size_bytes` holding the source's bytes
+        (a snapshot of this pool, or one of its volumes as it is now; a snapshot whose
+        volume was deleted still copies). A repeat with the same arguments is a no-op."""
         ...
 
     def volume_ids(self) -> list[str]:
@@ -138,7 +158,9 @@ class NodeAttacher(Protocol):
         """Whether the backing volume was ever written, from what the pool itself records
         (allocation), without reading it. NEVER lets the engine format the volume without
         reading it; anything else makes it read the whole device before it may format, so
-        a pool must answer NEVER only when it is sure. Cheap: called on every first stage."""
+        a pool must answer NEVER only when it is sure. A copy (a clone, a restored snapshot)
+        is never NEVER: it holds its source's bytes, and the engine reads it whatever its
+        pool answers. Cheap: called on every first stage."""
         ...
 
 
@@ -153,3 +175,5 @@ class Pool:
     capabilities: PoolCapabilities
     provisioner: Provisioner
     node: NodeAttacher
+    # Pools that can encrypt beneath LUKS say how they are set up now (doctor reports it).
+    encryption: Callable[[], PoolEncryption] | None = None

@@ -9,18 +9,21 @@ import shutil
 from pathlib import Path
 
 from cryptvol.errors import FailedPrecondition, NotFound, ResourceExhausted, quoted
-from cryptvol.pools.base import CopySource, Pool, PoolCapabilities, PoolSpace, WriteState
-from cryptvol.system import run
+from cryptvol.pools.base import (
+    CopyMethod,
+    CopySource,
+    Pool,
+    PoolCapabilities,
+    PoolSpace,
+    WriteState,
+)
+from cryptvol.system import CommandError, run
 from cryptvol.system.devices import device_size
 from cryptvol.system.files import read_marker_file, write_private_file
 
 KIND = "loop"
-# Copies are `cp --reflink=auto --sparse=always`: shared extents where the pool's filesystem
-# has reflinks (xfs, btrfs), a sparse copy elsewhere. Either way the copy is independent.
-CAPABILITIES = PoolCapabilities(
-    online_expand=True, thin_snapshot=False, clone=True, block_copy=True
-)
 _SNAPSHOTS = "snapshots"
+_REFLINK_PROBE = ".reflink-probe"
 _SYS_BLOCK = Path("/sys/block")
 _VOLUME_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _IMAGE = ".img"
@@ -237,6 +240,29 @@ class LoopAttacher:
         return size
 
 
+def capabilities(pool_dir: Path) -> PoolCapabilities:
+    """Copies are `cp --reflink=auto --sparse=always`: where the pool's filesystem has
+    reflinks (xfs, btrfs) a copy shares extents and is taken atomically, so it is thin;
+    elsewhere it is a sparse copy of the bytes. Either way the copy is independent."""
+    method: CopyMethod = "thin" if _has_reflinks(pool_dir) else "copy"
+    return PoolCapabilities(online_expand=True, snapshot=method, clone=method)
+
+
+def _has_reflinks(pool_dir: Path) -> bool:
+    # Named per process: `cryptvol state check` may open the pool while the driver starts.
+    probe = pool_dir / f"{_REFLINK_PROBE}.{os.getpid()}"
+    clone = pool_dir / f"{_REFLINK_PROBE}.{os.getpid()}.clone"
+    try:
+        probe.write_bytes(b"\0" * 4096)
+        run(["cp", "--reflink=always", str(probe), str(clone)], timeout=30)
+        return True
+    except CommandError:
+        return False
+    finally:
+        probe.unlink(missing_ok=True)
+        clone.unlink(missing_ok=True)
+
+
 def open_pool(name: str, location: str) -> Pool:
     """A loop pool in the directory `location`, made (0700) if absent."""
     pool_dir = Path(location)
@@ -244,5 +270,6 @@ def open_pool(name: str, location: str) -> Pool:
         raise ValueError(f"a loop pool needs an absolute directory, not {location!r}")
     pool_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     files = LoopFiles(pool_dir)
-    return Pool(name=name, kind=KIND, location=str(pool_dir), capabilities=CAPABILITIES,
-                provisioner=LoopProvisioner(files), node=LoopAttacher(files))
+    return Pool(name=name, kind=KIND, location=str(pool_dir),
+                capabilities=capabilities(pool_dir), provisioner=LoopProvisioner(files),
+                node=LoopAttacher(files))

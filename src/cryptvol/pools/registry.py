@@ -12,18 +12,32 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from cryptvol.errors import FailedPrecondition, InvalidArgument, quoted
-from cryptvol.pools import loop
+from cryptvol.pools import loop, lvmthin
 from cryptvol.pools.base import Pool
 
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 # Each kind opens its pool from the location text; a kind's module is imported only when a
 # pool of that kind is configured.
+def _open_zfs(name: str, location: str) -> Pool:
+    from cryptvol.pools import zfs
+
+    return zfs.open_pool(name, location)
+
+
 _OPENERS: dict[str, Callable[[str, str], Pool]] = {
     loop.KIND: loop.open_pool,
+    lvmthin.KIND: lvmthin.open_pool,
+    "zfs": _open_zfs,
 }
 _LOCATION_HELP = {
     loop.KIND: "loop:/ABSOLUTE/DIR",
+    lvmthin.KIND: "lvmthin:VG/THINPOOL",
+    "zfs": "zfs:POOL/DATASET",
 }
+
+
+def known_kinds() -> list[str]:
+    return sorted(_OPENERS)
 
 
 @dataclass(frozen=True)
@@ -50,7 +64,7 @@ def parse_pool_spec(text: str) -> PoolSpec:
     if kind not in _OPENERS:
         raise InvalidArgument(
             f"pool {quoted(name)}: unknown kind {quoted(kind)}; known kinds: "
-            f"{', '.join(sorted(_OPENERS))}"
+            f"{', '.join(known_kinds())}"
         )
     return PoolSpec(name, kind, location)
 

@@ -11,8 +11,8 @@ from collections.abc import Callable
 from typing import Generic, TypeVar
 
 from cryptvol.errors import Aborted, NotFound
-from cryptvol.state.layout import VOLUMES, RecordLayout
-from cryptvol.state.records import Record, VolumeRecord, encode
+from cryptvol.state.layout import SNAPSHOTS, VOLUMES, RecordLayout
+from cryptvol.state.records import Record, SnapshotRecord, VolumeRecord, encode
 from cryptvol.store.base import Compare, Delete, Put, Store
 
 _CAS_ATTEMPTS = 20
@@ -82,8 +82,31 @@ class Repository(Generic[R]):
     def all(self) -> list[R]:
         return self.page("", 0)
 
+    def page_where(self, start_after: str, limit: int, keep: Callable[[R], bool]
+                   ) -> tuple[list[R], str]:
+        """Up to `limit` records (0: all) after id `start_after` that `keep` accepts, in id
+        order, and the token of the next page: the last id returned, or "" when nothing
+        accepted is left. A token is a position, not a record, so a page still follows
+        when the record it names was deleted in between."""
+        chunk = max(limit + 1, 64)
+        found: list[R] = []
+        cursor = start_after
+        while True:
+            batch = self.page(cursor, chunk)
+            found.extend(r for r in batch if keep(r))
+            if limit and len(found) > limit:
+                return found[:limit], found[limit - 1].id
+            if len(batch) < chunk:
+                return found, ""
+            cursor = batch[-1].id
+
 
 class VolumeRepository(Repository[VolumeRecord]):
     def __init__(self, store: Store) -> None:
         super().__init__(store, VOLUMES, VolumeRecord, "volume")
+
+
+class SnapshotRepository(Repository[SnapshotRecord]):
+    def __init__(self, store: Store) -> None:
+        super().__init__(store, SNAPSHOTS, SnapshotRecord, "snapshot")
 

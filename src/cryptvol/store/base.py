@@ -7,7 +7,11 @@ can never interleave: one wins, the other sees its compare fail and retries or g
 
 Revisions: every key carries the store revision of its last write; 0 means "absent".
 Keys put with `put_lease` live only as long as their time-to-live, unless put again: that is
-how replicas say they are alive.
+how replicas say they are alive; `end_lease` takes one away at once (a replica that stops).
+
+A delete or an overwrite alone leaves the old value in the store's history (etcd's earlier
+revisions, SQLite's WAL and free pages); `forget_history` makes it unreadable, and the keys
+layer calls it after shredding a DEK or retiring a KEK.
 """
 
 from __future__ import annotations
@@ -66,6 +70,17 @@ class Store(Protocol):
 
     def put_lease(self, key: str, value: bytes, ttl: float) -> None:
         """Put `value` at `key`; it disappears `ttl` seconds later unless put again."""
+        ...
+
+    def end_lease(self, key: str) -> None:
+        """End the lease of a key put with `put_lease` now: the key is gone, as if its
+        time-to-live had run out (idempotent)."""
+        ...
+
+    def forget_history(self) -> None:
+        """Make every value that a write has deleted or overwritten unreadable from the
+        store: no earlier revision of any key can be read back, by the API or (as far as
+        the store can see to it) from its files."""
         ...
 
     def close(self) -> None: ...

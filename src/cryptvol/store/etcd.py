@@ -14,7 +14,10 @@ keeps quorum stays usable while one member restarts. A store with no reachable m
 from __future__ import annotations
 
 import base64
+import json
 import math
+import socket
+import ssl
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -91,6 +94,8 @@ class EtcdStore:
         self.concurrent_writers = 4
         self._local = threading.local()
         self._preferred = 0  # index of the last member that answered; tried first next time
+        self._leases: dict[str, tuple[int, int]] = {}  # key → (lease id, ttl) put_lease holds
+        self._leases_lock = threading.Lock()
 
     def describe(self) -> str:
         return "etcd " + ",".join(f"{s}://{h}:{p}" for s, h, p in self.endpoints)
@@ -131,10 +136,10 @@ class EtcdStore:
                 result: dict[str, Any] = client.post(client.get_url(path), json=body)
             except (ConnectionFailedError, ConnectionTimeoutError, InternalServerError) as exc:
                 # 500 from the gateway is how a member without quorum or leader answers.
-                failures.append(f"{client.host}:{client.port}: {_short(exc)}")
+                failures.append(f"{client.host}:{client.port}: {_why(exc)}")
                 continue
             except Etcd3Exception as exc:
-                raise Internal(f"etcd refused {path}: {_short(exc)}") from None
+                raise Internal(f"etcd refused {path}: {_why(exc)}") from None
             except ValueError:  # an answer that is not JSON: not an etcd gateway
                 raise Internal(f"{client.host}:{client.port} did not answer as etcd") from None
             self._preferred = idx
@@ -210,9 +215,42 @@ class EtcdStore:
     def put_lease(self, key: str, value: bytes, ttl: float) -> None:
         if ttl <= 0:
             raise InvalidArgument("a lease needs a positive time-to-live")
-        # A fresh lease each time: the previous one then holds no key and lapses on its own.
-        lease = self._call("/lease/grant", {"TTL": max(1, math.ceil(ttl)), "ID": 0})
-        self._call("/kv/put", {"key": _b64(key), "value": _b64(value), "lease": str(lease["ID"])})
+        seconds = max(1, math.ceil(ttl))
+        with self._leases_lock:
+            held = self._leases.get(key)
+        lease = 0
+        if held is not None and held[1] == seconds:
+            # One lease per key, kept alive: so a stopping replica has one lease to revoke.
+            answer = self._call("/lease/keepalive", {"ID": str(held[0])})
+            if int(answer.get("result", {}).get("TTL", 0)) > 0:  # no TTL: it had lapsed
+                lease = held[0]
+        if not lease:
+            lease = int(self._call("/lease/grant", {"TTL": seconds, "ID": 0})["ID"])
+        self._call("/kv/put", {"key": _b64(key), "value": _b64(value), "lease": str(lease)})
+        with self._leases_lock:
+            self._leases[key] = (lease, seconds)
+
+    def end_lease(self, key: str) -> None:
+        with self._leases_lock:
+            held = self._leases.pop(key, None)
+        if held is not None:
+            try:
+                self._call("/lease/revoke", {"ID": str(held[0])})  # its key goes with it
+                return
+            except Internal:
+                pass  # the lease had lapsed already (etcd: "requested lease not found")
+        self._call("/kv/deleterange", {"key": _b64(key)})
+
+    def forget_history(self) -> None:
+        """Compact every revision before the current one, physically: the call returns once
+        etcd has removed them from its backend, not only from its index. The bytes may stay
+        in free pages of the member's db file until the next `etcdctl defrag`."""
+        revision = self.revision()
+        try:
+            self._call("/kv/compaction", {"revision": str(revision), "physical": True})
+        except Internal as exc:
+            if "required revision has been compacted" not in str(exc):
+                raise  # else: another client compacted as far or further meanwhile
 
     def close(self) -> None:
         for client in getattr(self._local, "clients", None) or []:
@@ -234,6 +272,42 @@ def _entry(kv: dict[str, Any]) -> Entry:
     )
 
 
-def _short(exc: Etcd3Exception) -> str:
-    detail = (exc.detail_text or "").strip().replace("\n", " ")
-    return (detail or str(exc) or type(exc).__name__)[:300]
+def _why(exc: Etcd3Exception) -> str:
+    """Why a request failed, in a few words ("connection refused", "timed out", "etcdserver:
+    no leader"): the root cause that requests and urllib3 wrap several times over, or the
+    error etcd answered with."""
+    for cause in reversed(_causes(exc)):
+        if isinstance(cause, ssl.SSLEOFError):
+            return "TLS handshake cut off by the member (does it want a client certificate?)"
+        if isinstance(cause, ssl.SSLError):
+            detail = getattr(cause, "verify_message", None) or cause.reason or "handshake failed"
+            return f"TLS: {str(detail).lower()}"
+        if isinstance(cause, (TimeoutError, ConnectionTimeoutError)):
+            return "timed out"
+        if isinstance(cause, socket.gaierror):
+            return "cannot resolve the host name"
+        if isinstance(cause, OSError) and cause.strerror:
+            return cause.strerror[:1].lower() + cause.strerror[1:]
+    text = (exc.detail_text or "").strip()
+    try:
+        answer = json.loads(text)
+        text = str(answer.get("error") or answer.get("message") or text)
+    except (ValueError, AttributeError):
+        pass
+    text = text or (str(exc.args[0]) if exc.args else "") or type(exc).__name__
+    return text.splitlines()[0][:120]
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    """`exc` and what it wraps (causes, contexts, urllib3's `reason`), outermost first."""
+    chain: list[BaseException] = []
+    todo: list[BaseException] = [exc]
+    while todo:
+        e = todo.pop(0)
+        if any(e is seen for seen in chain):
+            continue
+        chain.append(e)
+        reason = getattr(e, "reason", None)
+        wrapped = [e.__cause__, e.__context__, reason, *e.args]
+        todo.extend(w for w in wrapped if isinstance(w, BaseException))
+    return chain

@@ -1,5 +1,8 @@
 """The embedded state store: one SQLite file in WAL mode.
 
+Deleted content is overwritten with zeros (`secure_delete`), and `forget_history` checkpoints
+the WAL into the file and truncates it, so neither holds a shredded key afterwards.
+
 One global revision counter lives in the `meta` table; a write transaction bumps it once and
 stamps every key it writes with the new value, so revisions behave as etcd's do. Writes run
 under `BEGIN IMMEDIATE`, which takes SQLite's write lock before the compares are read, so a
@@ -11,6 +14,7 @@ absent everywhere and is swept by the next write.
 
 from __future__ import annotations
 
+import errno
 import os
 import sqlite3
 import stat
@@ -19,8 +23,9 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
+from urllib.parse import quote
 
-from cryptvol.errors import Internal, InvalidArgument, Unavailable
+from cryptvol.errors import Internal, InvalidArgument, NotFound, Unavailable
 from cryptvol.store.base import Compare, Delete, Entry, Put, prefix_end
 
 DB_FILE = "cryptvol.db"  # its name in a state dir
@@ -63,29 +68,54 @@ class SqliteStore:
     concurrent_writers = 2
     max_txn_ops = 1000
 
-    def __init__(self, path: Path, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, path: Path, *, clock: Callable[[], float] = time.time, readonly: bool = False
+    ) -> None:
+        """Open (and with `readonly` False, create or migrate) the store at `path`.
+
+        `readonly` is for commands that only look: they never create the file or its folder,
+        never migrate, and say NotFound when there is no store at `path`.
+        """
         self.path = Path(path)
         self._clock = clock
         self._lock = threading.RLock()
+        if readonly and not self.path.is_file():
+            raise NotFound(
+                f"no state store at {self.path}: is the state dir right? (a driver makes the"
+                " store at its first start)"
+            )
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            _make_private(self.path)
+            if not readonly:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                _make_private(self.path)
             self._db = sqlite3.connect(
-                str(self.path),
+                f"file:{quote(str(self.path))}?mode=ro" if readonly else str(self.path),
+                uri=readonly,
                 isolation_level=None,  # transactions are explicit: BEGIN IMMEDIATE below
                 check_same_thread=False,  # one connection, serialised by self._lock
                 timeout=_BUSY_TIMEOUT_MS / 1000,
             )
+        except PermissionError:
+            raise
         except (OSError, sqlite3.Error) as exc:
+            _raise_if_denied(self.path, readonly)
             raise Unavailable(f"cannot open the state database {self.path}: {exc}") from None
         try:
             self._db.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
-            self._db.execute("PRAGMA journal_mode = WAL")
-            # A wrapped DEK that is not durable when the volume it formats is, loses data.
-            self._db.execute("PRAGMA synchronous = FULL")
-            self._migrate()
-        except sqlite3.Error as exc:
+            if readonly:
+                self._check_readable()
+            else:
+                self._db.execute("PRAGMA journal_mode = WAL")
+                # A wrapped DEK that is not durable when the volume it formats is, loses data.
+                self._db.execute("PRAGMA synchronous = FULL")
+                # A shredded DEK or retired KEK must not linger in free space of the file.
+                self._db.execute("PRAGMA secure_delete = ON")
+                self._migrate()
+        except BaseException as exc:
             self._db.close()
+            if not isinstance(exc, sqlite3.Error):
+                raise
+            _raise_if_denied(self.path, readonly)
             raise Internal(f"cannot prepare the state database {self.path}: {exc}") from None
 
     # -- schema -------------------------------------------------------------------------
@@ -109,6 +139,16 @@ class SqliteStore:
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
+
+    def _check_readable(self) -> None:
+        version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
+        if version == 0:
+            raise NotFound(f"{self.path} holds no cryptvol state (an empty or foreign file)")
+        if version > SCHEMA_VERSION:
+            raise Internal(
+                f"the state database {self.path} has schema version {version}, newer"
+                f" than this cryptvol knows ({SCHEMA_VERSION}); run a newer cryptvol"
+            )
 
     @property
     def schema_version(self) -> int:
@@ -176,6 +216,9 @@ class SqliteStore:
             raise ValueError("a lease needs a positive time-to-live")
         self._write((), (Put(key, value),), ttl=ttl)
 
+    def end_lease(self, key: str) -> None:
+        self._write((), (Delete(key),), ttl=None)
+
     def _write(
         self, compares: Sequence[Compare], ops: Sequence[Put | Delete], *, ttl: float | None
     ) -> bool:
@@ -230,6 +273,27 @@ class SqliteStore:
             have.update((str(k), int(r)) for k, r in rows)
         return all(have.get(k, 0) == rev for k, rev in want.items())
 
+    def forget_history(self) -> None:
+        # The WAL still holds the pages as they were before the delete; the checkpoint
+        # copies the current ones (zeroed where content was deleted) into the file, then
+        # truncates the WAL, waiting (busy timeout) for other connections' reads to end.
+        # Another connection's checkpoint in progress makes it give up at once, without
+        # the busy handler: so it is tried again until the busy timeout.
+        deadline = time.monotonic() + _BUSY_TIMEOUT_MS / 1000
+        while True:
+            with self._lock:
+                busy, _, _ = self._guard(
+                    lambda: self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+                )
+            if not busy:
+                return
+            if time.monotonic() >= deadline:
+                raise Unavailable(
+                    f"the state database {self.path} stayed busy: its WAL could not be"
+                    " checkpointed to forget deleted keys; retry"
+                )
+            time.sleep(0.02)
+
     def _guard(self, fn: Callable[[], _T]) -> _T:
         try:
             return fn()
@@ -238,6 +302,12 @@ class SqliteStore:
             raise Unavailable(f"the state database {self.path} is not usable: {exc}") from None
         except sqlite3.Error as exc:
             raise Internal(f"the state database {self.path} failed: {exc}") from None
+
+    def copy_to(self, target: sqlite3.Connection) -> None:
+        """Copy the whole database into `target` with SQLite's online backup: a consistent
+        snapshot, even while other connections write."""
+        with self._lock:
+            self._guard(lambda: self._db.backup(target))
 
     def close(self) -> None:
         with self._lock:
@@ -261,3 +331,16 @@ def _make_private(path: Path) -> None:
                 side.chmod(0o600)
         except FileNotFoundError:
             pass
+
+
+def _raise_if_denied(path: Path, readonly: bool) -> None:
+    """SQLite says "unable to open database file" whatever the cause; name the path the
+    caller may not use, when that is the cause."""
+    folder = path.parent
+    needs = [(path, os.R_OK if readonly else os.R_OK | os.W_OK)] if path.exists() else []
+    # Without a -shm beside it, even a reader of a WAL database must create one.
+    if not readonly or not path.with_name(path.name + "-shm").exists():
+        needs.insert(0, (folder, os.W_OK | os.X_OK))
+    for where, mode in needs:
+        if where.exists() and not os.access(where, mode):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(where))

@@ -1,5 +1,5 @@
 """The one place that runs external commands."""
 
-from cryptvol.system.runner import CommandError, CommandResult, SecretFd, run
+from cryptvol.system.runner import CommandError, CommandResult, SecretFd, run, run_pipeline
 
-__all__ = ["CommandError", "CommandResult", "SecretFd", "run"]
+__all__ = ["CommandError", "CommandResult", "SecretFd", "run", "run_pipeline"]

@@ -1,4 +1,5 @@
-"""Small private files (markers, key files), written whole or not at all."""
+"""Small private files (markers, key files), written whole or not at all, and durable file
+replacement: what a rename needs to survive a crash."""
 
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ def read_marker_file(path: Path) -> str | None:
 
 
 def fsync_dir(path: Path) -> None:
+    """Flush a folder's entries, so a file just renamed or linked into it stays there."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)

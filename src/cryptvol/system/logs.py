@@ -42,3 +42,7 @@ def configure(json_output: bool = False, level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # httpx logs every request at info and httpcore each response's headers at debug: the
+    # driver's own lines say what matters, and headers from a server were never reviewed.
+    for chatty in ("httpx", "httpcore"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)

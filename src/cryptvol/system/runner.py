@@ -2,7 +2,9 @@
 
 Every command cryptvol starts goes through `run`. Key material reaches a command in one of
 two ways only: on its stdin (`secret=`), or through an inherited pipe that the argv names
-as `/dev/fd/N` (`SecretFd` placeholders with `fd_secrets=`). Never argv, never environment.
+as `/proc/self/fd/N` (`SecretFd` placeholders with `fd_secrets=`). Never argv, never
+environment. (`/proc/self/fd`, not `/dev/fd`: a /dev without udev or systemd, as in a
+minimal container or the test VM, has no `/dev/fd` link.)
 
 When `CRYPTVOL_EXEC_AUDIT` names a file, the argv and environment of every command started
 are appended to it as JSON lines, so tests can prove what the driver's children saw.
@@ -14,6 +16,7 @@ import contextlib
 import json
 import os
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -29,7 +32,8 @@ _audit_lock = threading.Lock()
 
 @dataclass(frozen=True)
 class SecretFd:
-    """An argv placeholder that becomes `/dev/fd/N` for the named entry of `fd_secrets`."""
+    """An argv placeholder that becomes `/proc/self/fd/N` for the named entry of
+    `fd_secrets`."""
 
     name: str
 
@@ -95,7 +99,7 @@ def run(
             os.write(w, payload)
             os.close(w)
         resolved = tuple(
-            f"/dev/fd/{fd_for[a.name]}" if isinstance(a, SecretFd) else a for a in argv
+            f"/proc/self/fd/{fd_for[a.name]}" if isinstance(a, SecretFd) else a for a in argv
         )
         full_env = command_env(env)
         _audit(resolved, full_env)
@@ -135,6 +139,60 @@ def run(
     if check and result.returncode != 0:
         raise CommandError(result.argv, result.returncode, result.stderr)
     return result
+
+
+def run_pipeline(
+    producer: Sequence[str], consumer: Sequence[str], *, timeout: float = 120.0
+) -> CommandResult:
+    """Run `producer | consumer` (a stream from one command into another, such as
+    `zfs send | zfs recv`) and return the consumer's result.
+
+    Raises `CommandError` when either fails, naming the consumer first: when it refuses a
+    stream, its message says why, and the producer only saw its pipe close.
+    """
+    env = command_env()
+    _audit(producer, env)
+    _audit(consumer, env)
+    started = time.monotonic()
+    # The producer's stderr goes to a file: a pipe nobody reads while we wait on the
+    # consumer could fill and stall it.
+    with tempfile.TemporaryFile() as producer_err:
+        read_end, write_end = os.pipe()
+        procs: list[subprocess.Popen[bytes]] = []
+        try:
+            procs.append(subprocess.Popen(list(producer), stdin=subprocess.DEVNULL,
+                                          stdout=write_end, stderr=producer_err, env=env))
+            procs.append(subprocess.Popen(list(consumer), stdin=read_end,
+                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                          env=env))
+        except FileNotFoundError as exc:
+            for proc in procs:
+                proc.kill()
+                proc.wait()
+            raise CommandError([str(exc.filename or "?")], 127,
+                               f"{exc.filename}: command not found") from None
+        finally:
+            # Only the children hold the pipe now, so each sees the other's end close.
+            os.close(read_end)
+            os.close(write_end)
+        first, second = procs
+        try:
+            out, err = second.communicate(timeout=timeout)
+            first.wait(timeout=max(0.1, timeout - (time.monotonic() - started)))
+        except subprocess.TimeoutExpired:
+            for proc in procs:
+                proc.kill()
+                proc.wait()
+            raise CommandError(consumer, -1, "", timed_out=True) from None
+        producer_err.seek(0)
+        first_err = producer_err.read().decode(errors="replace")
+    if second.returncode != 0:
+        raise CommandError(consumer, second.returncode, err.decode(errors="replace"))
+    if first.returncode != 0:
+        raise CommandError(producer, first.returncode, first_err)
+    return CommandResult(argv=tuple(consumer), returncode=0, stdout=out.decode(errors="replace"),
+                         stderr=err.decode(errors="replace"),
+                         seconds=time.monotonic() - started)
 
 
 def _audit(argv: Sequence[str], env: Mapping[str, str]) -> None:

@@ -15,6 +15,7 @@ import shlex
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -22,6 +23,7 @@ from typing import BinaryIO
 
 from cryptvol.system import process
 from cryptvol.system.runner import command_env
+from cryptvol.vm import zfs_module
 from cryptvol.vm.errors import VmError, VmUnavailable
 from cryptvol.vm.guest_init import CONTROL_DIR, HOSTROOT_TAG, WORK_TAG
 from cryptvol.vm.parts import Parts, ensure_parts
@@ -59,6 +61,7 @@ def run_in_vm(
     memory_mib: int | None = None,
     accel: str | None = None,
     parts: Parts | None = None,
+    cancel: threading.Event | None = None,
 ) -> int:
     """Run `argv` in a fresh VM as root in the host's root and return its exit code.
 
@@ -67,7 +70,8 @@ def run_in_vm(
     (default: a temporary folder, removed afterwards); the rest of the host is read-only and
     /tmp is a tmpfs. Output goes to `output` and `error_output` (default: this process's
     stdout and stderr) while the command runs. Raises `VmError` on a timeout (which counts
-    from the start of the boot), a panic, or a guest that never reported.
+    from the start of the boot), a panic, or a guest that never reported, and when `cancel`
+    is set before the command has finished (the VM is stopped).
     """
     if not argv:
         raise ValueError("run_in_vm needs a command")
@@ -81,9 +85,11 @@ def run_in_vm(
     owns_work = work_dir is None
     work = Path(tempfile.mkdtemp(prefix="cryptvol-vm-")) if work_dir is None else Path(work_dir)
     work = work.resolve()
+    env = {**zfs_module.guest_env(parts.zfs), **(env or {})}
     try:
-        ctl = _prepare_control(work, argv, Path(cwd or os.getcwd()).resolve(), env or {})
-        return _boot_and_wait(parts, ctl, work, argv, timeout, out, err, memory_mib, accel)
+        ctl = _prepare_control(work, argv, Path(cwd or os.getcwd()).resolve(), env)
+        return _boot_and_wait(parts, ctl, work, argv, timeout, out, err, memory_mib, accel,
+                              cancel or threading.Event())
     finally:
         if owns_work:
             shutil.rmtree(work, ignore_errors=True)
@@ -199,6 +205,7 @@ def _boot_and_wait(
     err: BinaryIO,
     memory_mib: int | None,
     accel: str,
+    cancel: threading.Event,
 ) -> int:
     if shutil.which(QEMU) is None:
         raise VmUnavailable(f"{QEMU} is not installed (apt-get install qemu-system-x86)")
@@ -223,6 +230,10 @@ def _boot_and_wait(
             now = time.monotonic()
             if reported_at is not None and now - reported_at > _POWEROFF_GRACE:
                 break  # the command finished; a guest slow to power off is not its fault
+            if reported_at is None and cancel.is_set():
+                process.stop(proc)
+                raise VmError(f"the VM was stopped before the command finished: "
+                              f"{_shorten(shlex.join(argv))}", serial_tail(serial))
             if reported_at is None and now - started > timeout:
                 process.stop(proc)
                 raise VmError(

@@ -7,13 +7,16 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from cryptvol.vm import zfs_module
 from cryptvol.vm.accel import ACCEL_ENV, kvm_usable
 from cryptvol.vm.host import dm_crypt_available
 from cryptvol.vm.parts import CACHE_ENV, cached_state, resolve_cache_dir, static_busybox
 
 # Host tools the VM build needs, and those the guest borrows from the host root.
 _BUILD_TOOLS = ("qemu-system-x86_64", "apt-get", "dpkg-deb", "modprobe", "depmod", "cpio", "gzip")
-_GUEST_TOOLS = ("cryptsetup", "lvm", "thin_check", "mkfs.ext4", "mkfs.xfs", "losetup")
+_GUEST_TOOLS = (
+    "cryptsetup", "lvm", "thin_check", "mkfs.ext4", "mkfs.xfs", "losetup", "zfs", "zpool",
+)
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,15 @@ def doctor(cache_dir: Path | str | None = None) -> list[Check]:
             "built for this init script and module list" if initramfs else "built on the next boot",
         )
     )
+    if release is not None:
+        zfs = zfs_module.cached(root, release)
+        if zfs is None:
+            detail = "built (dkms) with the other parts on the next boot"
+        else:
+            detail = zfs.problem or str(zfs.modules)
+        checks.append(
+            Check("zfs module cached", zfs is not None and zfs.modules is not None, detail)
+        )
     usable, why = kvm_usable(None, root, probe=False)
     forced = os.environ.get(ACCEL_ENV)
     checks.append(

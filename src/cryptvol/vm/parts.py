@@ -31,8 +31,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptvol.system.runner import CommandError, run
+from cryptvol.vm import zfs_module
 from cryptvol.vm.errors import VmUnavailable
 from cryptvol.vm.guest_init import INIT_SCRIPT
+from cryptvol.vm.modules import copy_module, module_load_order
+from cryptvol.vm.zfs_module import ZfsPart
 
 CACHE_ENV = "CRYPTVOL_VM_CACHE"
 DEFAULT_CACHE = Path("/var/cache/cryptvol/vm")
@@ -59,7 +62,6 @@ OPTIONAL_MODULES = ("aes", "aesni_intel", "virtio_rng", "algif_skcipher", "algif
 _HOST_BUSYBOX = Path("/bin/busybox")
 _KERNEL_NAME = re.compile(r"^linux-image-(\d[^\s]*-amd64)$")
 _APT_TIMEOUT = 600.0
-_SIG_MAGIC = b"~Module signature appended~\n"
 # Bump when the way the initramfs is built changes, so cached ones are rebuilt.
 _INITRAMFS_FORMAT = "2"
 # The ELF note (name "Xen", type 18: XEN_ELFNOTE_PHYS32_ENTRY) of a kernel with a PVH entry
@@ -77,6 +79,8 @@ class Parts:
     built: bool
     seconds: float
     cache_dir: Path
+    # The ZFS modules for this kernel, or why there are none (ZFS tests say it then).
+    zfs: ZfsPart | None = None
 
 
 def resolve_cache_dir(explicit: Path | str | None = None) -> Path:
@@ -101,9 +105,11 @@ def ensure_parts(cache_dir: Path | str | None = None) -> Parts:
     key = initramfs_key(release, busybox)
     vmlinuz = root / "kernels" / release / "vmlinuz"
     initramfs = root / "initramfs" / f"{release}-{key}.cpio.gz"
-    if vmlinuz.is_file() and initramfs.is_file() and _kernel_settled(vmlinuz):
+    zfs = zfs_module.cached(root, release)
+    if (vmlinuz.is_file() and initramfs.is_file() and _kernel_settled(vmlinuz)
+            and zfs is not None):
         seconds = time.monotonic() - started
-        return Parts(release, _bootable(vmlinuz), initramfs, False, seconds, root)
+        return Parts(release, _bootable(vmlinuz), initramfs, False, seconds, root, zfs)
     with _locked(root):
         # Another process may have built it while we waited for the lock.
         busybox = static_busybox(root, build=True)
@@ -112,8 +118,9 @@ def ensure_parts(cache_dir: Path | str | None = None) -> Parts:
         deb = _fetch_kernel(root, release)
         if not initramfs.is_file():
             _build_initramfs(root, release, deb, busybox, initramfs)
+        zfs = zfs_module.ensure(root, release, deb)
     seconds = time.monotonic() - started
-    return Parts(release, _bootable(vmlinuz), initramfs, True, seconds, root)
+    return Parts(release, _bootable(vmlinuz), initramfs, True, seconds, root, zfs)
 
 
 def _bootable(vmlinuz: Path) -> Path:
@@ -320,7 +327,7 @@ def _build_initramfs(root: Path, release: str, deb: Path, busybox: Path | None, 
         tree = Path(tmp) / "kernel"
         run(["dpkg-deb", "-x", str(deb), str(tree)], timeout=_APT_TIMEOUT)
         run(["depmod", "-b", str(tree), release], timeout=300)
-        modules = module_load_order(tree, release)
+        modules = module_load_order(tree, release, REQUIRED_MODULES, OPTIONAL_MODULES)
         stage = Path(tmp) / "initramfs"
         for sub in ("bin", "dev", "proc", "sys", "etc/cryptvol", "tmp"):
             (stage / sub).mkdir(parents=True, exist_ok=True)
@@ -330,7 +337,7 @@ def _build_initramfs(root: Path, release: str, deb: Path, busybox: Path | None, 
             rel = module.relative_to(tree / "lib" / "modules")
             listed.append(
                 str(
-                    _copy_module(module, stage / "lib" / "modules" / rel).relative_to(
+                    copy_module(module, stage / "lib" / "modules" / rel).relative_to(
                         stage / "lib" / "modules"
                     )
                 )
@@ -354,63 +361,6 @@ def _build_initramfs(root: Path, release: str, deb: Path, busybox: Path | None, 
         )
         out.parent.mkdir(parents=True, exist_ok=True)
         _install(packed, out)
-
-
-def module_load_order(tree: Path, release: str) -> list[Path]:
-    """Module files for the wanted modules, dependencies first, each once."""
-    ordered: list[Path] = []
-    seen: set[Path] = set()
-    for name, required in [(m, True) for m in REQUIRED_MODULES] + [
-        (m, False) for m in OPTIONAL_MODULES
-    ]:
-        result = run(
-            ["modprobe", "-d", str(tree), "-S", release, "--show-depends", name],
-            timeout=60,
-            check=False,
-        )
-        if result.returncode != 0:
-            if required:
-                raise VmUnavailable(
-                    f"kernel {release} has no module {name}: {result.stderr.strip()}"
-                )
-            continue
-        for line in result.stdout.splitlines():
-            words = line.split()
-            if len(words) >= 2 and words[0] == "insmod":
-                path = Path(words[1])
-                if path not in seen:
-                    seen.add(path)
-                    ordered.append(path)
-    return ordered
-
-
-def _copy_module(src: Path, dest: Path) -> Path:
-    """Copy a module uncompressed (busybox's insmod may not read compressed ones) and
-    without its signature: checking it under TCG cost seconds per boot, and this throwaway
-    kernel does not enforce signatures (an unsigned module only taints it)."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    if src.suffix == ".xz":
-        dest = dest.with_suffix("")
-        with lzma.open(src) as f:
-            data = f.read()
-    elif src.suffix == ".zst":
-        dest = dest.with_suffix("")
-        run(["zstd", "-q", "-d", "-f", "-o", str(dest), str(src)], timeout=60)
-        data = dest.read_bytes()
-    else:
-        data = src.read_bytes()
-    dest.write_bytes(_without_signature(data))
-    return dest
-
-
-def _without_signature(module: bytes) -> bytes:
-    # Layout at the end of a signed module: signature, struct module_signature (12 bytes,
-    # big-endian signature length last), then the magic string.
-    if not module.endswith(_SIG_MAGIC):
-        return module
-    info_end = len(module) - len(_SIG_MAGIC)
-    (sig_len,) = struct.unpack_from(">I", module, info_end - 4)
-    return module[: info_end - 12 - sig_len]
 
 
 def _install(src: Path, dest: Path) -> None:

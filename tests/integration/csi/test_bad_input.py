@@ -4,7 +4,6 @@ Two tables: malformed requests (missing fields, bad values, sizes beyond the CSI
 limits), and hostile paths for every node RPC (tests/support/hostile.py). The hostile
 table's counts per RPC are printed by bench/bench_hostile.py."""
 
-import os
 import re
 
 import grpc
@@ -12,6 +11,7 @@ import pytest
 
 from cryptvol.csi.client import block_capability, mount_capability
 from cryptvol.csi.gen import csi_pb2 as pb
+from cryptvol.engine.ids import snapshot_id_for
 from cryptvol.errors import QUOTE_LIMIT
 from support import hostile
 
@@ -20,10 +20,32 @@ OK = grpc.StatusCode.OK
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 NOT_FOUND = grpc.StatusCode.NOT_FOUND
 OUT_OF_RANGE = grpc.StatusCode.OUT_OF_RANGE
+ALREADY_EXISTS = grpc.StatusCode.ALREADY_EXISTS
+ABORTED = grpc.StatusCode.ABORTED
 UNIMPLEMENTED = grpc.StatusCode.UNIMPLEMENTED
 MODE = pb.VolumeCapability.AccessMode
 EXT4 = mount_capability("ext4")
 MISSING = "cv-00000000000000000000000000000000"
+MISSING_SNAPSHOT = "cs-00000000000000000000000000000000"
+SNAPSHOT_NAME = "existing-snapshot"
+
+
+def _from_snapshot():
+    return pb.VolumeContentSource(snapshot=pb.VolumeContentSource.SnapshotSource(
+        snapshot_id=snapshot_id_for(SNAPSHOT_NAME)))
+
+
+def _from_volume(volume_id):
+    return pb.VolumeContentSource(volume=pb.VolumeContentSource.VolumeSource(
+        volume_id=volume_id))
+
+
+def _copy(source, required=0, limit=0, parameters=None, secrets=None, cap=EXT4):
+    return pb.CreateVolumeRequest(
+        name="copy", volume_capabilities=[cap], volume_content_source=source,
+        capacity_range=pb.CapacityRange(required_bytes=required, limit_bytes=limit),
+        parameters=parameters or {}, secrets=secrets or {},
+    )
 
 
 def _cap_without_access_type():
@@ -115,17 +137,173 @@ CASES = [
         INVALID,
     ),
     (
-        "create: from a snapshot (not yet supported)",
+        "create: from an unknown snapshot",
         "controller",
         "CreateVolume",
-        lambda v, t: pb.CreateVolumeRequest(
-            name="x",
-            volume_capabilities=[EXT4],
-            volume_content_source=pb.VolumeContentSource(
-                snapshot=pb.VolumeContentSource.SnapshotSource(snapshot_id="s")
-            ),
-        ),
+        lambda v, t: _copy(pb.VolumeContentSource(
+            snapshot=pb.VolumeContentSource.SnapshotSource(snapshot_id=MISSING_SNAPSHOT))),
+        NOT_FOUND,
+    ),
+    (
+        "create: from a snapshot id cryptvol never made",
+        "controller",
+        "CreateVolume",
+        lambda v, t: _copy(pb.VolumeContentSource(
+            snapshot=pb.VolumeContentSource.SnapshotSource(snapshot_id="s"))),
+        NOT_FOUND,
+    ),
+    (
+        "create: from an unknown volume",
+        "controller",
+        "CreateVolume",
+        lambda v, t: _copy(pb.VolumeContentSource(
+            volume=pb.VolumeContentSource.VolumeSource(volume_id=MISSING))),
+        NOT_FOUND,
+    ),
+    (
+        "create: a content source naming nothing",
+        "controller",
+        "CreateVolume",
+        lambda v, t: _copy(pb.VolumeContentSource()),
         INVALID,
+    ),
+    (
+        "create: a restore smaller than its snapshot",
+        "controller",
+        "CreateVolume",
+        lambda v, t: _copy(_from_snapshot(), required=16 * MIB, limit=16 * MIB),
+        OUT_OF_RANGE,
+    ),
+    (
+        "create: a clone limited below its source's size",
+        "controller",
+        "CreateVolume",
+        lambda v, t: _copy(_from_volume(v), limit=16 * MIB),
+        OUT_OF_RANGE,
+    ),
+    (
+        "create: a restore with another key source",
+        "controller",
+        "CreateVolume",
+        lambda v, t: _copy(_from_snapshot(), parameters={"keySource": "secret"},
+                           secrets={"passphrase": "p"}),
+        INVALID,
+    ),
+    (
+        "create: a restore with another cipher",
+        "controller",
+        "CreateVolume",
+        lambda v, t: _copy(_from_snapshot(), parameters={"keySize": "256"}),
+        INVALID,
+    ),
+    (
+        "create: a restore with another filesystem",
+        "controller",
+        "CreateVolume",
+        lambda v, t: _copy(_from_snapshot(), cap=mount_capability("xfs")),
+        INVALID,
+    ),
+    (
+        "create: a restore into an unknown pool names the configured ones",
+        "controller",
+        "CreateVolume",
+        lambda v, t: _copy(_from_snapshot(), parameters={"pool": "elsewhere"}),
+        INVALID,
+    ),
+    (
+        "create: cloneReencrypt that is not a boolean",
+        "controller",
+        "CreateVolume",
+        lambda v, t: _copy(_from_volume(v), parameters={"cloneReencrypt": "yes"}),
+        INVALID,
+    ),
+    (
+        "create: the name of a copy of another source",
+        "controller",
+        "CreateVolume",
+        lambda v, t: pb.CreateVolumeRequest(name="existing", volume_capabilities=[EXT4],
+                                            capacity_range=pb.CapacityRange(
+                                                required_bytes=32 * MIB),
+                                            volume_content_source=_from_snapshot()),
+        ALREADY_EXISTS,
+    ),
+    (
+        "snapshot: no name",
+        "controller",
+        "CreateSnapshot",
+        lambda v, t: pb.CreateSnapshotRequest(source_volume_id=v),
+        INVALID,
+    ),
+    (
+        "snapshot: no source",
+        "controller",
+        "CreateSnapshot",
+        lambda v, t: pb.CreateSnapshotRequest(name="snap-x"),
+        INVALID,
+    ),
+    (
+        "snapshot: unknown source",
+        "controller",
+        "CreateSnapshot",
+        lambda v, t: pb.CreateSnapshotRequest(name="snap-x", source_volume_id=MISSING),
+        NOT_FOUND,
+    ),
+    (
+        "snapshot: unknown parameter",
+        "controller",
+        "CreateSnapshot",
+        lambda v, t: pb.CreateSnapshotRequest(name="snap-x", source_volume_id=v,
+                                              parameters={"pool": "other"}),
+        INVALID,
+    ),
+    (
+        "snapshot: the name of a snapshot of another volume",
+        "controller",
+        "CreateSnapshot",
+        lambda v, t: pb.CreateSnapshotRequest(name=SNAPSHOT_NAME, source_volume_id=MISSING),
+        ALREADY_EXISTS,
+    ),
+    (
+        "delete snapshot: no id",
+        "controller",
+        "DeleteSnapshot",
+        lambda v, t: pb.DeleteSnapshotRequest(),
+        INVALID,
+    ),
+    (
+        "delete snapshot: unknown id succeeds",
+        "controller",
+        "DeleteSnapshot",
+        lambda v, t: pb.DeleteSnapshotRequest(snapshot_id=MISSING_SNAPSHOT),
+        OK,
+    ),
+    (
+        "get snapshot: unknown id",
+        "controller",
+        "GetSnapshot",
+        lambda v, t: pb.GetSnapshotRequest(snapshot_id=MISSING_SNAPSHOT),
+        NOT_FOUND,
+    ),
+    (
+        "list snapshots: a token this driver never issued",
+        "controller",
+        "ListSnapshots",
+        lambda v, t: pb.ListSnapshotsRequest(starting_token="page-2"),
+        ABORTED,
+    ),
+    (
+        "list snapshots: negative max_entries",
+        "controller",
+        "ListSnapshots",
+        lambda v, t: pb.ListSnapshotsRequest(max_entries=-1),
+        INVALID,
+    ),
+    (
+        "list volumes: a token this driver never issued",
+        "controller",
+        "ListVolumes",
+        lambda v, t: pb.ListVolumesRequest(starting_token="page-2"),
+        ABORTED,
     ),
     ("delete: no id", "controller", "DeleteVolume", lambda v, t: pb.DeleteVolumeRequest(), INVALID),
     (
@@ -446,37 +624,33 @@ CASES = [
 
 
 @pytest.fixture(scope="module")
-def shared_driver(tmp_path_factory):
-    from support.driver import RunningDriver
-
-    running = RunningDriver(tmp_path_factory.mktemp("driver"))
-    running.start()
-    yield running
-    running.stop()
-
-
-@pytest.fixture(scope="module")
 def existing_volume(shared_driver):
-    return shared_driver.client.controller.CreateVolume(
+    volume = shared_driver.client.controller.CreateVolume(
         pb.CreateVolumeRequest(
             name="existing",
             volume_capabilities=[EXT4],
             capacity_range=pb.CapacityRange(required_bytes=32 * MIB),
         )
     ).volume
+    shared_driver.client.controller.CreateSnapshot(
+        pb.CreateSnapshotRequest(name=SNAPSHOT_NAME, source_volume_id=volume.volume_id))
+    return volume
 
 
-def _snapshot(driver):
-    files = sorted(f for f in os.listdir(driver.pool_dir) if f.endswith(".img"))
-    from cryptvol.state.repository import VolumeRepository
+def _state(driver):
+    """Everything a request could change: pool files, volume and snapshot records, keys."""
+    files = sorted(str(p.relative_to(driver.pool_dir)) for p in driver.pool_dir.rglob("*"))
+    from cryptvol.state.repository import SnapshotRepository, VolumeRepository
     from cryptvol.store.sqlite import SqliteStore
 
     store = SqliteStore(driver.state_dir / "cryptvol.db")
     try:
-        records = [r.model_dump() for r in VolumeRepository(store).page("", 0)]
+        records = [r.model_dump() for r in VolumeRepository(store).all()]
+        records += [r.model_dump() for r in SnapshotRepository(store).all()]
+        keys = [e.key for e in store.range("/cryptvol/deks/")]
     finally:
         store.close()
-    return files, records
+    return files, records, keys
 
 
 @pytest.mark.parametrize(
@@ -486,7 +660,7 @@ def test_bad_input_gets_its_code_and_changes_nothing(
     shared_driver, existing_volume, tmp_path, service, method, make, code
 ):
     driver = shared_driver
-    before = _snapshot(driver)
+    before = _state(driver)
     stub = getattr(driver.client, service)
     request = make(existing_volume.volume_id, tmp_path)
     if code == OK:
@@ -497,7 +671,7 @@ def test_bad_input_gets_its_code_and_changes_nothing(
         assert info.value.code() == code, info.value.details()
         assert info.value.details()
         _assert_quotes_little(info.value.details())
-    assert _snapshot(driver) == before
+    assert _state(driver) == before
 
 
 def _assert_quotes_little(details: str) -> None:
@@ -519,10 +693,10 @@ def test_a_hostile_path_gets_its_code_and_touches_nothing(shared_driver, existin
                                                          scene, case):
     driver = shared_driver
     roots = (scene.tmp, scene.outside, driver.state_dir, driver.pool_dir)
-    before = hostile.snapshot(*roots), _snapshot(driver)
+    before = hostile.snapshot(*roots), _state(driver)
     req = hostile.request(case, scene, existing_volume.volume_id)
     code, details = hostile.call(driver.client.node, case, req)
     assert code == case.code, details
     if code != hostile.OK:
         _assert_quotes_little(details)
-    assert (hostile.snapshot(*roots), _snapshot(driver)) == before
+    assert (hostile.snapshot(*roots), _state(driver)) == before

@@ -5,6 +5,7 @@ import pytest
 
 from cryptvol.csi.client import block_capability, mount_capability
 from cryptvol.csi.gen import csi_pb2 as pb
+from cryptvol.vm import dm_crypt_available
 
 MIB = 1024 * 1024
 
@@ -134,7 +135,8 @@ def test_identity_answers_name_version_capabilities_and_ready(csi):
         for c in caps
         if c.HasField("volume_expansion")
     )
-    assert csi.identity.Probe(pb.ProbeRequest()).ready.value
+    # A driver serving the node role is ready only where it can open a dm-crypt mapping.
+    assert csi.identity.Probe(pb.ProbeRequest()).ready.value == dm_crypt_available()
 
 
 def test_expansion_is_online_and_done_by_the_node_not_the_controller(csi):
@@ -163,6 +165,7 @@ def test_node_reports_its_id_topology_and_capabilities(csi):
         rpc.GET_VOLUME_STATS,
         rpc.EXPAND_VOLUME,
         rpc.VOLUME_CONDITION,
+        rpc.VOLUME_MOUNT_GROUP,
     }
 
 
@@ -206,8 +209,8 @@ def test_volume_show_tells_the_luks_parameters_and_why(csi, driver):
         capture_output=True,
         text=True,
     )
-    assert missing.returncode != 0
-    assert "NOT_FOUND" in missing.stderr
+    assert missing.returncode == 1
+    assert missing.stderr == f"Error: volume cv-{'0' * 32} does not exist\n"
 
 
 def test_a_volume_larger_than_the_pool_is_refused_and_leaves_nothing(csi, driver):

@@ -30,7 +30,8 @@ def root_key(tmp_path):
 
 
 def _driver(tmp_path, etcd, root_key, name="d1"):
-    running = RunningDriver(tmp_path / name)
+    # The controller role: its readiness is about etcd, whatever the host's dm-crypt.
+    running = RunningDriver(tmp_path / name, role="controller")
     running.work.mkdir()
     running.extra_env = {"CRYPTVOL_ETCD_ENDPOINTS": etcd.endpoints,
                          "CRYPTVOL_ROOT_KEY": str(root_key)}
@@ -52,6 +53,30 @@ def test_volumes_and_keys_live_in_etcd(tmp_path, etcd, root_key):
         running.stop()
 
 
+@pytest.mark.parametrize("role", ["all", "node"])
+def test_probe_is_not_ready_within_the_lease_ttl_of_losing_etcd_and_ready_once_it_is_back(
+        tmp_path, etcd, root_key, role):
+    from cryptvol.keys.replica import DEFAULT_TTL
+
+    etcd.start()
+    running = _driver(tmp_path, etcd, root_key)
+    running.extra_env["CRYPTVOL_ROLE"] = role
+    client = running.start()
+    try:
+        etcd.stop()
+        lost = time.monotonic()
+        while client.identity.Probe(pb.ProbeRequest(), timeout=5).ready.value:
+            assert time.monotonic() - lost < DEFAULT_TTL, "Probe still ready without etcd"
+            time.sleep(0.2)
+        etcd.start()
+        client.wait_ready(60)
+        if role == "all":
+            client.controller.CreateVolume(pb.CreateVolumeRequest(
+                name="after", volume_capabilities=[mount_capability("ext4")]))
+    finally:
+        assert running.stop() == 0
+
+
 def test_a_driver_started_while_etcd_is_down_is_not_ready_until_it_is_back(tmp_path, etcd,
                                                                            root_key):
     running = _driver(tmp_path, etcd, root_key)
@@ -59,7 +84,7 @@ def test_a_driver_started_while_etcd_is_down_is_not_ready_until_it_is_back(tmp_p
     log = (running.work / "serve.log").open("wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "cryptvol", "serve", "--endpoint", running.endpoint,
-         "--node-id", "n1", "--state-dir", str(running.state_dir),
+         "--node-id", "n1", "--role", "controller", "--state-dir", str(running.state_dir),
          "--pool-dir", str(running.pool_dir)], env=env,
         stdout=log, stderr=subprocess.STDOUT)
     try:

@@ -49,3 +49,10 @@ def test_an_unknown_pool_is_refused_naming_the_configured_ones(two_pools, tmp_pa
 def test_capacity_is_asked_of_the_named_pool(two_pools):
     request = pb.GetCapacityRequest(parameters={"pool": "bulk"})
     assert two_pools.client.controller.GetCapacity(request).available_capacity > 0
+
+
+def test_capacity_of_a_pool_this_node_lacks_is_zero_not_an_error(two_pools):
+    """Nodes may configure different pools; the provisioner's capacity controller asks every
+    node about every class, and the scheduler must learn "no room here"."""
+    request = pb.GetCapacityRequest(parameters={"pool": "ssd"})
+    assert two_pools.client.controller.GetCapacity(request).available_capacity == 0

@@ -1,5 +1,6 @@
 """`cryptvol serve` as a process: socket, configuration sources, signals."""
 
+import json
 import os
 import signal
 import socket
@@ -9,7 +10,10 @@ import sys
 
 import pytest
 
-from support.driver import RunningDriver
+from cryptvol.csi.client import CsiClient
+from cryptvol.csi.gen import csi_pb2 as pb
+from cryptvol.vm import dm_crypt_available
+from support.driver import NOT_READY_WITHOUT_DM_CRYPT, RunningDriver, call_when_up
 
 
 def test_the_socket_is_owner_only(driver):
@@ -50,8 +54,8 @@ def test_a_live_socket_is_not_taken_over(driver):
         timeout=60,
     )
     assert other.returncode != 0
-    assert "another driver is serving" in other.stderr
-    driver.client.wait_ready(5)
+    assert "another server is serving" in other.stderr
+    driver.client.identity.Probe(pb.ProbeRequest(), timeout=5)
 
 
 def test_settings_come_from_environment_and_config_file(tmp_path):
@@ -70,12 +74,9 @@ def test_settings_come_from_environment_and_config_file(tmp_path):
         stderr=subprocess.STDOUT,
     )
     try:
-        from cryptvol.csi.client import CsiClient
-        from cryptvol.csi.gen import csi_pb2 as pb
-
         with CsiClient(f"unix://{tmp_path}/env.sock") as client:
-            client.wait_ready(30)
-            assert client.node.NodeGetInfo(pb.NodeGetInfoRequest()).node_id == "from-file"
+            info = call_when_up(lambda: client.node.NodeGetInfo(pb.NodeGetInfoRequest()))
+            assert info.node_id == "from-file"
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
@@ -91,15 +92,14 @@ def test_a_config_file_cannot_carry_a_secret(tmp_path, line):
         text=True,
         timeout=60,
     )
-    assert result.returncode != 0
-    assert "unknown setting" in result.stderr
+    assert result.returncode == 2
+    assert "unknown key" in result.stderr
     assert "hunter2" not in result.stderr and "c2VjcmV0" not in result.stderr
 
 
 @pytest.mark.parametrize("damage", ["delete", "corrupt"])
 def test_a_missing_or_corrupt_kek_file_stops_the_start_and_no_new_key_is_made(tmp_path, damage):
     from cryptvol.csi.client import mount_capability
-    from cryptvol.csi.gen import csi_pb2 as pb
 
     running = RunningDriver(tmp_path)
     client = running.start()
@@ -121,3 +121,31 @@ def test_a_missing_or_corrupt_kek_file_stops_the_start_and_no_new_key_is_made(tm
         assert not kek.exists()
     else:
         assert kek.read_text() == "{not json"
+
+
+def test_an_endpoint_naming_a_regular_file_is_refused_and_the_file_kept(tmp_path):
+    victim = tmp_path / "notes.txt"
+    victim.write_text("precious")
+    result = subprocess.run(
+        [sys.executable, "-m", "cryptvol", "serve", "--endpoint", f"unix://{victim}",
+         "--state-dir", str(tmp_path / "state"), "--pool-dir", str(tmp_path / "pool")],
+        capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert "is a regular file, not a unix socket" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert victim.read_text() == "precious"
+
+
+@pytest.mark.skipif(dm_crypt_available(), reason="needs a host without device-mapper")
+def test_without_dm_crypt_a_node_driver_is_not_ready_and_logs_why(driver, tmp_path):
+    assert not driver.client.identity.Probe(pb.ProbeRequest()).ready.value
+    said = [json.loads(line) for line in driver.log_lines() if NOT_READY_WITHOUT_DM_CRYPT in line]
+    assert len(said) == 1 and said[0]["level"] == "error"
+    assert "device-mapper" in said[0]["reason"] and "modprobe dm_crypt" in said[0]["fix"]
+    # The controller role needs no mapping: the same host serves it, ready.
+    controller = RunningDriver(tmp_path / "controller", role="controller")
+    controller.work.mkdir()
+    try:
+        assert controller.start().identity.Probe(pb.ProbeRequest()).ready.value
+    finally:
+        controller.stop()

@@ -164,11 +164,10 @@ def test_a_replica_started_while_etcd_is_down_waits_and_then_becomes_ready(
         cluster.stop()
 
 
-def test_a_transition_is_refused_while_a_replica_disagrees_and_names_it(
-    tmp_path: Path, replicas: list[ReplicaProc]
-) -> None:
-    """A replica that hangs (SIGSTOP) keeps its last report alive until its lease lapses:
-    it still reports stage start after prepare, so rotate must be refused, naming it."""
+@pytest.fixture
+def agreeing(tmp_path: Path, replicas: list[ReplicaProc]) -> Iterator[tuple[str, Path]]:
+    """One etcd member and two replicas, km-a and km-b (report TTL 60 s), that agree:
+    yields the endpoints and the root key."""
     cluster = EtcdCluster(tmp_path / "etcd", size=1).start()
     try:
         root_key = tmp_path / "root.key"
@@ -180,21 +179,65 @@ def test_a_transition_is_refused_while_a_replica_disagrees_and_names_it(
         for r in replicas:
             r.wait_ready()
         wait_agreement(ep, root_key, {"km-a", "km-b"})
-        stuck = replicas[1]
-        stuck.signal(signal.SIGSTOP)
-        try:
-            keys_cli("prepare", endpoints=ep, root_key=root_key)
-            time.sleep(1)
-            refused = keys_cli(
-                "rotate", "--wait", "2", endpoints=ep, root_key=root_key, check=False
-            )
-            assert refused.returncode != 0
-            assert "km-b reports start-" in refused.stderr
-            assert "km-a" not in refused.stderr
-            assert status(ep, root_key)["stage"] == "prepare"
-        finally:
-            stuck.signal(signal.SIGCONT)
-        keys_cli("rotate", "--wait", "30", endpoints=ep, root_key=root_key)
-        assert status(ep, root_key)["stage"] == "rotate"
+        yield ep, root_key
     finally:
         cluster.stop()
+
+
+def test_a_transition_is_refused_while_a_replica_disagrees_and_names_it(
+    agreeing: tuple[str, Path], replicas: list[ReplicaProc]
+) -> None:
+    """A replica that hangs (SIGSTOP) keeps its last report alive until its lease lapses:
+    it still reports stage start after prepare, so rotate must be refused, naming it."""
+    ep, root_key = agreeing
+    stuck = replicas[1]
+    stuck.signal(signal.SIGSTOP)
+    try:
+        keys_cli("prepare", endpoints=ep, root_key=root_key)
+        time.sleep(1)
+        refused = keys_cli("rotate", "--wait", "2", endpoints=ep, root_key=root_key, check=False)
+        assert refused.returncode != 0
+        assert "km-b reports start-" in refused.stderr
+        assert "km-a" not in refused.stderr
+        assert status(ep, root_key)["stage"] == "prepare"
+    finally:
+        stuck.signal(signal.SIGCONT)
+    keys_cli("rotate", "--wait", "30", endpoints=ep, root_key=root_key)
+    assert status(ep, root_key)["stage"] == "rotate"
+
+
+def test_replicas_are_not_ready_within_their_ttl_of_losing_etcd_and_ready_once_it_is_back(
+    tmp_path: Path, replicas: list[ReplicaProc]
+) -> None:
+    cluster = EtcdCluster(tmp_path / "etcd", size=2).start()
+    root_key = tmp_path / "root.key"
+    make_root_key(root_key)
+    ttl = 5.0
+    try:
+        replicas += [
+            ReplicaProc(n, cluster.endpoints, root_key, tmp_path, ttl=ttl).start()
+            for n in ("km-a", "km-b")
+        ]
+        for r in replicas:
+            r.wait_ready()
+        cluster.stop()
+        lost = time.monotonic()
+        for r in replicas:
+            while r.ready():
+                assert time.monotonic() - lost < ttl, f"{r.name} still ready after {ttl}s"
+                time.sleep(0.1)
+            code, body = r.get("/readyz")
+            assert code == 503 and "etcd cannot be reached" in body, body
+            assert r.alive() and r.get("/healthz")[0] == 200
+        cluster.start()
+        for r in replicas:
+            r.wait_ready(timeout=30)
+    finally:
+        cluster.stop()
+
+
+def test_a_replica_stopped_with_sigterm_leaves_the_agreement_at_once(
+    agreeing: tuple[str, Path], replicas: list[ReplicaProc]
+) -> None:
+    replicas[1].stop()  # SIGTERM, and it exits 0; its report's lease had 60 s to run
+    assert {r["name"] for r in status(*agreeing)["replicas"]} == {"km-a"}

@@ -19,7 +19,7 @@ def test_the_stock_debian_cryptsetup_runs_every_pbkdf() -> None:
     assert host.argon2
     assert host.memory_total_kib > 0
     assert host.crypto_aes_drivers  # /proc/crypto lists at least the generic aes
-    assert host.seconds < 5
+    assert host.seconds < 30  # a bound against a hang, not a speed figure (load varies)
 
 
 def test_a_probe_round_trips_through_json() -> None:
@@ -33,7 +33,7 @@ def test_the_cos_build_is_found_without_argon2(cos_host: Path) -> None:
     assert host.pbkdf_available("pbkdf2")
     assert not host.argon2
     assert host.pbkdf_detail("argon2id") == "Not compatible PBKDF options."
-    assert host.seconds < 5
+    assert host.seconds < 30  # a bound against a hang, not a speed figure (load varies)
 
 
 def test_doctor_reports_argon2_unavailable_on_cos(cos_host: Path) -> None:
@@ -57,3 +57,7 @@ def test_doctor_exit_code_follows_dm_crypt() -> None:
     report = json.loads(result.output)
     dm = next(c for c in report["checks"] if c["name"] == "dm-crypt")
     assert result.exit_code == (1 if dm["verdict"] == "fail" else 0)
+    if dm["verdict"] == "fail":
+        assert report["verdict"] == "fail"
+        perf = next(c for c in report["checks"] if c["name"] == "perf flags")
+        assert perf["verdict"] == "skip"

@@ -110,6 +110,19 @@ def test_a_leased_key_is_visible_then_gone_after_its_ttl(store: Store) -> None:
     assert store.get("/lease/a") is not None
 
 
+def test_a_renewed_lease_lives_on_and_an_ended_one_is_gone_at_once(store: Store) -> None:
+    store.put_lease("/lease/r", b"1", ttl=2)
+    for value in (b"2", b"3", b"4"):
+        __import__("time").sleep(0.8)
+        store.put_lease("/lease/r", value, ttl=2)
+    assert store.get("/lease/r").value == b"4"  # type: ignore[union-attr]
+    store.end_lease("/lease/r")
+    assert store.get("/lease/r") is None
+    store.end_lease("/lease/r")  # again: nothing left to end
+    store.put_lease("/lease/r", b"back", ttl=2)
+    assert store.get("/lease/r").value == b"back"  # type: ignore[union-attr]
+
+
 def test_concurrent_cas_increments_lose_nothing(store: Store) -> None:
     store.txn([], [Put("/n", b"0")])
 

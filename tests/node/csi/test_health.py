@@ -13,6 +13,7 @@ from cryptvol.csi.gen import csi_pb2 as pb
 from cryptvol.luks.cryptsetup import mapping_name
 from cryptvol.system.devices import kernel_name
 from support.co import MIB, create_volume
+from support.pools import TINY
 
 
 def condition(vol) -> pb.VolumeCondition:
@@ -56,7 +57,7 @@ def test_a_full_pool_makes_writes_fail_and_stats_say_so(csi, driver, tmp_path):
     """The session driver over-commits (ratio 4): the tiny pool promises more than it
     holds, and a filler file takes the rest, as another tenant of the filesystem would."""
     vol = create_volume(csi, tmp_path, "health-full", "ext4", size=48 * MIB,
-                        parameters={"pool": "tiny"})
+                        parameters={"pool": TINY})
     vol.stage()
     vol.publish()
     assert not condition(vol).abnormal

@@ -25,8 +25,15 @@ def test_claim_metadata_from_the_provisioner_is_accepted_and_not_kept():
         ({"keySource": "vault"}, "accepted values: managed, secret"),
         ({"cipher": "rot13"}, "'cipher'"),
         ({"keySize": "128"}, "'keySize'"),
+        ({"kataDirectVolume": "yes"}, "accepted values: true, false"),
     ],
 )
 def test_bad_parameters_are_refused_naming_the_key(params, names):
     with pytest.raises(InvalidArgument, match=names):
         parse_parameters(params)
+
+
+def test_a_class_makes_its_volumes_kata_direct_with_kata_direct_volume_true():
+    assert parse_parameters({"kataDirectVolume": "true"}).kata_direct
+    assert not parse_parameters({"kataDirectVolume": "false"}).kata_direct
+    assert not parse_parameters({}).kata_direct

@@ -11,8 +11,8 @@ from cryptvol.errors import FailedPrecondition, InvalidArgument
 from cryptvol.keys import backup
 from cryptvol.keys.backup import export_keys, import_keys
 from cryptvol.keys.kek_local import LocalKekProvider
-from cryptvol.keys.kek_rootkey import RootKeyProvider
-from cryptvol.keys.keyset import KEYSET_KEY
+from cryptvol.keys.kek_rootkey import RootKeyProvider, make_root_key
+from cryptvol.keys.keyset import KEYSET_KEY, KeySetRecord
 from cryptvol.keys.manager import KeyManager, open_local
 from cryptvol.keys.rotation import Rotation
 from cryptvol.store.base import Put
@@ -43,17 +43,26 @@ def test_a_lost_kek_file_is_restored_from_the_backup(tmp_path: Path) -> None:
     store.close()
 
 
-def test_a_lost_root_key_is_replaced_by_sealing_under_a_new_one(tmp_path: Path) -> None:
+def test_a_lost_root_key_is_replaced_by_resealing_under_a_new_one(tmp_path: Path) -> None:
     store = SqliteStore(tmp_path / "db")
+    make_root_key(tmp_path / "root.key")
     km = KeyManager(store, RootKeyProvider(tmp_path / "root.key"))
     dek = km.create_dek("pvc-1")
+    old_fp = km.provider.sealer()
     blob = export_keys(store, km.provider, PASS)
     (tmp_path / "root.key").unlink()
+    make_root_key(tmp_path / "new-root.key")
     new_root = RootKeyProvider(tmp_path / "new-root.key")
     with pytest.raises(FailedPrecondition):
         KeyManager(store, new_root)
-    import_keys(store, new_root, blob, PASS)
+    before = store.revision()
+    with pytest.raises(FailedPrecondition, match=f"{old_fp}.*{new_root.sealer()}.*--reseal"):
+        import_keys(store, new_root, blob, PASS)
+    assert store.revision() == before
+    import_keys(store, new_root, blob, PASS, reseal=True)
     assert KeyManager(store, new_root).get_dek("pvc-1") == dek
+    record = KeySetRecord.from_bytes(store.get(KEYSET_KEY).value)  # type: ignore[union-attr]
+    assert record.sealed_by == new_root.sealer()
 
 
 def test_a_wrong_passphrase_is_refused(tmp_path: Path) -> None:

@@ -21,17 +21,7 @@ from cryptvol.errors import CryptvolError
 from cryptvol.keys.keyset import dek_key
 from cryptvol.keys.manager import open_local
 from cryptvol.store.base import Put
-
-
-def encodings(secret: bytes) -> list[bytes]:
-    return [
-        secret,
-        secret.hex().encode(),
-        secret.hex().upper().encode(),
-        base64.b64encode(secret),
-        base64.urlsafe_b64encode(secret),
-        base64.b64encode(secret).rstrip(b"="),
-    ]
+from support.canary import forms
 
 
 def test_no_key_bytes_in_errors_or_logs(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -85,7 +75,7 @@ def test_no_key_bytes_in_errors_or_logs(tmp_path: Path, caplog: pytest.LogCaptur
     haystack = "\n".join(texts).encode()
     assert texts
     for secret in [*deks.values(), *keks]:
-        for form in encodings(secret):
+        for form in forms(secret):
             assert form not in haystack
 
 
@@ -97,7 +87,7 @@ def test_no_key_bytes_in_rotation_backup_status_or_reports(
     from cryptvol.cli.keys import keys_group
     from cryptvol.keys import backup
     from cryptvol.keys.config import KeysConfig, open_keys
-    from cryptvol.keys.kek_rootkey import RootKeyProvider
+    from cryptvol.keys.kek_rootkey import RootKeyProvider, make_root_key
     from cryptvol.keys.manager import load_key_set
     from cryptvol.keys.replica import Replica
     from cryptvol.keys.rotation import Rotation
@@ -107,6 +97,7 @@ def test_no_key_bytes_in_rotation_backup_status_or_reports(
     caplog.set_level(logging.DEBUG)
     texts: list[str] = []
     root_key = tmp_path / "root.key"
+    make_root_key(root_key)
     config = KeysConfig(state_dir=tmp_path, root_key=root_key)
     store, km = open_keys(config)
     deks = [km.create_dek(f"pvc-{i}").reveal() for i in range(5)]
@@ -150,5 +141,5 @@ def test_no_key_bytes_in_rotation_backup_status_or_reports(
     texts.extend(r.getMessage() for r in caplog.records)
     haystack = "\n".join(texts).encode()
     for secret in [*deks, *keks]:
-        for form in encodings(secret):
+        for form in forms(secret):
             assert form not in haystack

@@ -1,4 +1,5 @@
-"""`cryptvol keys` on the embedded store, through click's runner."""
+"""`cryptvol keys` on the embedded store, through click's runner and the root group (which
+turns errors into their one-line message)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from cryptvol.cli.keys import keys_group
-from cryptvol.keys import backup
+from cryptvol.cli.main import cli
+from cryptvol.keys import backup, rotation
 from cryptvol.keys.manager import open_local
+from cryptvol.keys.rotation import Rotation
 
 
 @pytest.fixture
@@ -23,7 +25,7 @@ def state(tmp_path: Path) -> Path:
 
 
 def keys(*args: str, ok: bool = True, input: str | None = None) -> str:
-    result = CliRunner().invoke(keys_group, list(args), input=input)
+    result = CliRunner().invoke(cli, ["keys", *args], input=input)
     assert (result.exit_code == 0) == ok, result.output
     return result.output
 
@@ -41,7 +43,8 @@ def test_a_whole_rotation_from_the_command_line(state: Path) -> None:
     assert "prepared KEK" in keys("prepare", *d)
     assert "now wraps new keys" in keys("rotate", *d)
     out = keys("reencrypt", *d)
-    assert "30 DEKs checked, 30 re-wrapped" in out
+    assert "reencrypt finished: all 30 DEKs in the store are wrapped under kek-" in out
+    assert "reencrypt:    finished: 30 DEKs under kek-" in keys("status", *d)
     doc = json.loads(keys("status", "--json", *d))
     assert doc["stage"] == "reencrypt_finished" and len(doc["retired"]) == 1
     assert doc["reencrypt"]["done"] == 30 and doc["reencrypt"]["finished"]
@@ -72,3 +75,35 @@ def test_export_and_import_read_the_passphrase_from_a_file_or_prompt(
     # There is no option that takes a passphrase on the command line.
     out = keys("import", str(out_file), "--passphrase", "x", *d, ok=False)
     assert "No such option" in out
+
+
+def test_a_resumed_reencrypt_reports_what_the_store_holds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Batches committed after the last cursor save are walked again by the resumed run and
+    found current; the final report must still count every DEK the store holds."""
+    state = tmp_path / "state"
+    store, km = open_local(state)
+    for i in range(200):
+        km.create_dek(f"pvc-{i:03d}")
+    d = ["--state-dir", str(state)]
+    keys("prepare", *d)
+    keys("rotate", *d)
+    new = Rotation(store).read()[0].current.id
+    monkeypatch.setattr(rotation, "CURSOR_EVERY", 3600.0)  # the cursor is saved rarely
+
+    class Crash(Exception):
+        pass
+
+    def crash(done: int, total: int) -> None:
+        if done >= 120:
+            raise Crash
+
+    with pytest.raises(Crash):
+        Rotation(store, km.provider).reencrypt(wait=0, batch=10, progress=crash)
+    store.close()
+    out = keys("reencrypt", "--batch", "10", *d)
+    assert f"all 200 DEKs in the store are wrapped under {new}" in out, out
+    assert "old KEKs retired" in out
+    doc = json.loads(keys("status", "--json", *d))
+    assert doc["reencrypt"]["done"] == doc["reencrypt"]["total"] == 200

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from cryptvol.cli.doctor import checks, render_table
+from cryptvol.cli.doctor import checks, overall, render_table, verdict_line
 from cryptvol.luks.probe import HostProbe
 
 MakeHost = Callable[..., HostProbe]  # the make_host fixture (conftest.py)
@@ -44,6 +44,22 @@ def test_doctor_fails_a_host_without_luks2_or_dm_crypt(make_host: MakeHost) -> N
     assert found["luks2"].verdict == "fail"
     assert found["dm-crypt"].verdict == "fail"
     assert "modprobe dm_crypt" in found["dm-crypt"].advice
+
+
+def test_without_dm_crypt_the_perf_flags_are_not_called_ok(make_host: MakeHost) -> None:
+    found = checks(make_host(dm_crypt=False))
+    perf = next(c for c in found if c.name == "perf flags")
+    assert (perf.verdict, perf.value) == ("skip", "not checked")
+    assert overall(found) == "fail"
+    assert verdict_line(found).startswith("verdict: FAIL (dm-crypt)")
+    assert "SKIP" in render_table(found)
+
+
+def test_the_overall_verdict_is_the_worst_line(make_host: MakeHost) -> None:
+    assert overall(checks(make_host(keyring=False))) == "warn"
+    stock = checks(make_host(crypto_aes_drivers=("aesni_intel",),
+                             crypto_accelerated=("aesni_intel",)))
+    assert (overall(stock), verdict_line(stock)) == ("ok", "verdict: OK")
 
 
 def test_doctor_warns_about_keyring_and_old_kernel_flags(make_host: MakeHost) -> None:

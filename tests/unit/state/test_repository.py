@@ -64,3 +64,23 @@ def test_records_from_before_pools_name_the_default_pool() -> None:
     del old["pool"]
     old["backend"] = "loop"
     assert VolumeRecord.model_validate(old).pool == "default"
+
+
+def test_filtered_pages_are_full_and_their_token_survives_deletes(
+        volumes: VolumeRepository) -> None:
+    for i in range(10):
+        volumes.insert(_record(f"cv-{i}", f"pvc-{i}"))
+    even = [f"cv-{i}" for i in range(0, 10, 2)]
+
+    def keep(r: VolumeRecord) -> bool:
+        return int(r.id[3:]) % 2 == 0
+
+    page, token = volumes.page_where("", 2, keep)
+    assert [r.id for r in page] == even[:2] and token == even[1]
+    volumes.remove(volumes.require(even[1]))
+    page, token = volumes.page_where(token, 2, keep)
+    assert [r.id for r in page] == even[2:4]
+    page, token = volumes.page_where(token, 2, keep)
+    assert [r.id for r in page] == even[4:] and token == ""
+    assert [r.id for r in volumes.page_where("", 0, keep)[0]] == [i for i in even
+                                                                   if i != even[1]]

@@ -1,4 +1,4 @@
-"""The one place that maps cryptvol's errors to gRPC status codes."""
+"""The one place that maps cryptvol's errors to gRPC status codes, and back (for clients)."""
 
 from __future__ import annotations
 
@@ -36,3 +36,11 @@ def message_for(exc: BaseException) -> str:
     if isinstance(exc, NotImplementedError):
         return "this driver does not implement this RPC"
     return f"internal error ({type(exc).__name__}); see the driver's log"
+
+
+def error_for(code: grpc.StatusCode, details: str) -> errors.CryptvolError:
+    """The error a driver's answer stands for: the same table, read the other way."""
+    for kind, mapped in _CODES:
+        if mapped == code:
+            return kind(details)
+    return errors.Internal(f"{code.name}: {details}")

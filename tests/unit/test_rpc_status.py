@@ -3,8 +3,9 @@ import pytest
 
 from cryptvol import errors
 from cryptvol.csi.gen import csi_pb2 as pb
-from cryptvol.csi.interceptor import REDACTED, redacted
-from cryptvol.csi.status import code_for, message_for
+from cryptvol.csi.server import SECRET_FIELDS
+from cryptvol.rpc.interceptor import REDACTED, redacted
+from cryptvol.rpc.status import code_for, error_for, message_for
 
 
 @pytest.mark.parametrize(
@@ -21,9 +22,11 @@ from cryptvol.csi.status import code_for, message_for
         (errors.Internal, grpc.StatusCode.INTERNAL),
     ],
 )
-def test_each_error_maps_to_its_grpc_code(error, code):
+def test_each_error_maps_to_its_grpc_code_and_back(error, code):
     assert code_for(error("x")) == code
     assert message_for(error("what to do")) == "what to do"
+    back = error_for(code, "what to do")
+    assert type(back) is error and str(back) == "what to do"
 
 
 def test_an_unexpected_exception_shows_only_its_type():
@@ -34,7 +37,7 @@ def test_an_unexpected_exception_shows_only_its_type():
 
 def test_request_secrets_are_redacted_for_logging_and_the_request_is_untouched():
     request = pb.NodeStageVolumeRequest(volume_id="v", secrets={"passphrase": "hunter2"})
-    shown = redacted(request)
+    shown = redacted(request, SECRET_FIELDS)
     assert shown.secrets["passphrase"] == REDACTED
     assert "hunter2" not in str(shown)
     assert request.secrets["passphrase"] == "hunter2"
@@ -42,4 +45,4 @@ def test_request_secrets_are_redacted_for_logging_and_the_request_is_untouched()
 
 def test_a_request_without_secrets_is_logged_as_is():
     request = pb.DeleteVolumeRequest(volume_id="v")
-    assert redacted(request) == request
+    assert redacted(request, SECRET_FIELDS) == request
