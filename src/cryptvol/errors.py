@@ -2,7 +2,8 @@
 
 Each class names the CSI outcome it stands for; `cryptvol.rpc.status` maps them to gRPC
 codes in one place. Messages are shown to users and to the container orchestrator, so they
-say what was wrong and what to do, and never carry key material.
+say what was wrong and what to do, and never carry key material. Whatever a message quotes
+of a request goes through `quoted`, which bounds it.
 """
 
 
@@ -42,5 +43,23 @@ class Unavailable(CryptvolError):
     """A dependency (state store, key provider) cannot be reached right now."""
 
 
+class PermissionDenied(CryptvolError):
+    """This process may not use a path it needs: it belongs to another user, or its mode
+    keeps this process out."""
+
+
 class Internal(CryptvolError):
     """Something that should work did not; the message says what, without secrets."""
+
+
+QUOTE_LIMIT = 128
+
+
+def quoted(value: object) -> str:
+    """`value` as an error message may quote it: in quotes, and at most QUOTE_LIMIT characters
+    of it. Request fields can be megabytes long; a message that quoted one whole would be
+    larger than the gRPC status carries, and the caller would see the wrong code."""
+    text = str(value)
+    if len(text) <= QUOTE_LIMIT:
+        return repr(text)
+    return f"{text[:QUOTE_LIMIT]!r}... ({len(text)} characters)"

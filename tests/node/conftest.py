@@ -20,6 +20,7 @@ from cryptvol.vm import VmUnavailable
 from support.zfs import ZfsTestPool, zfs_test_pool
 
 MIB = 1024 * 1024
+LVM_ENV = {"LVM_SUPPRESS_FD_WARNINGS": "1"}
 
 
 @pytest.fixture
@@ -92,3 +93,23 @@ def zfs_pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ZfsTestPool]:
                 pytest.fail(f"ZFS is not usable in the test VM, and CI must not skip: {exc}")
             pytest.skip(f"ZFS is not usable here: {exc}")
         yield pool
+
+
+@pytest.fixture(scope="session")
+def thin_pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """An LVM volume group with a thin pool, on a loop device over a sparse file in the
+    guest's tmpfs: what an lvmthin pool is configured with ("VG/THINPOOL"). The session
+    driver's pool is VG/pool; the group has room for a small thin pool of a test's own."""
+    backing = tmp_path_factory.mktemp("lvm") / "pv.img"
+    with open(backing, "wb") as f:
+        f.truncate(4096 * MIB)
+    device = run(["losetup", "--find", "--show", str(backing)], timeout=60).stdout.strip()
+    vg = f"cvt{uuid.uuid4().hex[:8]}"
+    for argv in (["pvcreate", "-q", device], ["vgcreate", "-q", vg, device],
+                 ["lvcreate", "-q", "--type", "thin-pool", "-L", "3G", "-n", "pool", vg]):
+        run(argv, env=LVM_ENV, timeout=300)
+    yield vg
+    for argv in (["vgremove", "-q", "-f", vg], ["pvremove", "-q", "-f", device],
+                 ["losetup", "-d", device]):
+        with contextlib.suppress(CommandError):
+            run(argv, env=LVM_ENV, timeout=300)

@@ -20,6 +20,7 @@ ON_HOST: list[Run] = [
     ("bench_unlock.py", ["--smoke", "--repeat", "1", "--defaults-repeat", "1", "--parallel", "2"],
      ["managed pbkdf2-min", "parallel unlocks"]),
     ("bench_image.py", ["--smoke"], ["build wall time", "image size"]),
+    ("bench_hostile.py", [], ["NodeUnpublishVolume", "total", "right code with nothing changed"]),
 ]
 # The benchmarks that need dm-crypt, run in the VM (tests/node/test_benchmarks_in_vm.py).
 IN_VM: list[Run] = [

@@ -54,10 +54,14 @@ class RunningDriver:
     extra_env: dict[str, str] = field(default_factory=dict)
     # Replaces the default `--pool-dir POOL_DIR` (e.g. several `--pool NAME=KIND:LOC`).
     pool_args: list[str] = field(default_factory=list)
-    # More `cryptvol serve` flags (e.g. --kubeconfig and the Kata folders).
+    # More `cryptvol serve` flags (e.g. `--overcommit-ratio 2`, --kubeconfig and the Kata
+    # folders).
     extra_args: list[str] = field(default_factory=list)
     # Tests read the debug lines; benchmarks run at the deployed default, info.
     log_level: str = "debug"
+    # Node request paths must lie inside it; by default the folder holding `work`, which
+    # is pytest's base temp dir when `work` is one of its tmp paths.
+    kubelet_dir: Path | None = None
     proc: subprocess.Popen[bytes] | None = None
     client: CsiClient | None = None
     _log_mark: int = 0
@@ -82,7 +86,31 @@ class RunningDriver:
     def pool_dir(self) -> Path:
         return self.work / "pool"
 
-    def start(self, failpoints: str = "") -> CsiClient:
+    def argv(self, *more: str, log_level: str | None = None) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "cryptvol",
+            "serve",
+            "--endpoint",
+            self.endpoint,
+            "--node-id",
+            self.node_id,
+            "--state-dir",
+            str(self.state_dir),
+            *(self.pool_args or ["--pool-dir", str(self.pool_dir)]),
+            "--role",
+            self.role,
+            "--kubelet-dir",
+            str(self.kubelet_dir or self.work.parent),
+            "--log-json",
+            "--log-level",
+            log_level or self.log_level,
+            *self.extra_args,
+            *more,
+        ]
+
+    def env(self, failpoints: str = "") -> dict[str, str]:
         env = dict(os.environ)
         env.update(self.extra_env)
         env["CRYPTVOL_EXEC_AUDIT"] = str(self.audit_path)
@@ -90,31 +118,13 @@ class RunningDriver:
             env["CRYPTVOL_FAILPOINTS"] = failpoints
         else:
             env.pop("CRYPTVOL_FAILPOINTS", None)
+        return env
+
+    def start(self, failpoints: str = "", *more: str) -> CsiClient:
         self._log_mark = len(self.log_lines())
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "cryptvol",
-                "serve",
-                "--endpoint",
-                self.endpoint,
-                "--node-id",
-                self.node_id,
-                "--state-dir",
-                str(self.state_dir),
-                *(self.pool_args or ["--pool-dir", str(self.pool_dir)]),
-                "--role",
-                self.role,
-                *self.extra_args,
-                "--log-json",
-                "--log-level",
-                self.log_level,
-            ],
-            env=env,
-            stdout=log,
-            stderr=log,
+            self.argv(*more), env=self.env(failpoints), stdout=log, stderr=log
         )
         log.close()
         self.client = CsiClient(self.endpoint)
@@ -123,6 +133,14 @@ class RunningDriver:
         else:
             self.wait_settled_not_ready(180)
         return self.client
+
+    def start_refused(self, *more: str) -> subprocess.CompletedProcess[str]:
+        """Run `cryptvol serve` expecting it to refuse to start: its exit and output, at the
+        deployed log level, so the output is what an operator would see."""
+        return subprocess.run(
+            self.argv(*more, log_level="info"), env=self.env(), capture_output=True,
+            text=True, timeout=180,
+        )
 
     def wait_settled_not_ready(self, timeout: float) -> None:
         """Wait until the driver answers and has logged that it cannot serve the node role."""

@@ -19,6 +19,7 @@ from cryptvol.rpc.status import code_for, error_for, message_for
         (errors.ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
         (errors.Aborted, grpc.StatusCode.ABORTED),
         (errors.Unavailable, grpc.StatusCode.UNAVAILABLE),
+        (errors.PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
         (errors.Internal, grpc.StatusCode.INTERNAL),
     ],
 )

@@ -64,6 +64,12 @@ class ServeSettings(BaseModel):
     etcd_ca_file: Path | None = None
     etcd_cert_file: Path | None = None
     etcd_key_file: Path | None = None
+    # Node request paths (staging, target, volume paths) must lie inside it.
+    kubelet_dir: Path = Path("/var/lib/kubelet")
+    # Each pool promises volumes of at most its size times this ratio (1.0: no over-commit).
+    overcommit_ratio: float = Field(default=1.0, gt=0)
+    # Accept a state store that does not match this node's markers and pools, once.
+    adopt: bool = False
     # Kata direct-assigned volumes: handler patterns that mean Kata (comma-separated; empty
     # turns the runtime-class trigger off), the API to read, and Kata's folders.
     kata_runtime_handlers: str = ",".join(RUNTIME_HANDLERS)

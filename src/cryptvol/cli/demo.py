@@ -58,7 +58,7 @@ def running_driver(scratch: Path, pool: Path, log_path: Path) -> Iterator[CsiCli
     proc = process.start(
         [sys.executable, "-m", "cryptvol", "serve", "--endpoint", endpoint,
          "--node-id", "demo-node", "--state-dir", str(scratch / "state"),
-         "--pool-dir", str(pool), "--log-json"],
+         "--pool-dir", str(pool), "--kubelet-dir", str(scratch), "--log-json"],
         env={"PYTHONPATH": os.environ.get("PYTHONPATH", "")},
         stdout=log, stderr=log,
     )

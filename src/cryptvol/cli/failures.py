@@ -67,6 +67,8 @@ def explain(exc: BaseException) -> tuple[int, str]:
         return USAGE, str(exc)
     if isinstance(exc, errors.Unavailable):
         return UNAVAILABLE, str(exc)
+    if isinstance(exc, errors.PermissionDenied):
+        return PERMISSION_DENIED, str(exc)
     if isinstance(exc, errors.CryptvolError):
         return FAILED, str(exc)
     if isinstance(exc, PermissionError) or (

@@ -27,7 +27,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "serve": ("cryptvol.cli.serve", "serve_command",
               "Serve the CSI Identity, Controller and Node services on a unix socket."),
     "state": ("cryptvol.cli.state", "state_group",
-              "The state store: consistent backups, and restoring one."),
+              "The state store: consistent backups, restoring one, consistency checks."),
     "vm": ("cryptvol.cli.vm", "vm_group",
            "A throwaway VM with a real kernel (dm-crypt, LVM thin, loop) for node work."),
     "volume": ("cryptvol.cli.volume", "volume_group", "Inspect volumes through a running driver."),

@@ -82,6 +82,18 @@ def _load_defaults(ctx: click.Context, _param: click.Parameter, value: Path | No
 @click.option("--kata-sandbox-dirs", envvar="CRYPTVOL_KATA_SANDBOX_DIRS", default=None,
               help="Kata's sandbox folders holding shim-monitor.sock: the Go runtime's, then "
                    "runtime-rs's (default: /run/vc/sbs,/run/kata).")
+@click.option("--kubelet-dir", envvar="CRYPTVOL_KUBELET_DIR", type=click.Path(path_type=Path),
+              default=None,
+              help="kubelet's root dir: node requests may name paths only inside it "
+                   "(default: /var/lib/kubelet).")
+@click.option("--overcommit-ratio", envvar="CRYPTVOL_OVERCOMMIT_RATIO", type=float,
+              default=None,
+              help="A pool promises volumes of at most its size times this (default: 1.0, "
+                   "never more than it holds).")
+@click.option("--adopt", envvar="CRYPTVOL_ADOPT", is_flag=True, default=False,
+              help="Start over a state store that does not match this node (empty, swapped, "
+                   "or missing records), list the pool volumes it cannot unlock, and mark "
+                   "everything as its own. For recovery, once: see the README.")
 def serve_command(**options: Any) -> None:
     """Serve the CSI Identity, Controller and Node services on a unix socket."""
     # Imported here, not at the top: every other command starts without the server stack.
@@ -110,7 +122,9 @@ def serve_command(**options: Any) -> None:
     try:
         driver = Driver(DriverSettings(node_id=settings.node_id, role=settings.role,
                                        state_dir=settings.state_dir, pools=pools, keys=keys,
-                                       kata=kata),
+                                       kata=kata, kubelet_dir=settings.kubelet_dir,
+                                       overcommit_ratio=settings.overcommit_ratio,
+                                       adopt=settings.adopt),
                         registry)
         try:
             server = CsiServer(driver, settings.endpoint, registry=registry)

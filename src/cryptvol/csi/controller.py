@@ -5,6 +5,7 @@ from __future__ import annotations
 import grpc
 
 from cryptvol.csi import convert
+from cryptvol.csi.bounds import bounded
 from cryptvol.csi.gen import csi_pb2, csi_pb2_grpc
 from cryptvol.engine.controller import ControllerEngine, CreateRequest, VolumeInfo
 from cryptvol.engine.snapshots import SnapshotEngine, SnapshotInfo
@@ -15,7 +16,11 @@ _Cap = csi_pb2.ControllerServiceCapability.RPC
 # the CO's resizer only passes a request on to the node.
 _OFFERED = (_Cap.CREATE_DELETE_VOLUME, _Cap.LIST_VOLUMES, _Cap.GET_CAPACITY, _Cap.GET_VOLUME,
             _Cap.CREATE_DELETE_SNAPSHOT, _Cap.LIST_SNAPSHOTS, _Cap.GET_SNAPSHOT,
-            _Cap.CLONE_VOLUME)
+            _Cap.CLONE_VOLUME, _Cap.VOLUME_CONDITION)
+
+
+def _condition(info: VolumeInfo) -> csi_pb2.VolumeCondition:
+    return csi_pb2.VolumeCondition(abnormal=info.abnormal, message=info.condition)
 
 
 def _volume(info: VolumeInfo) -> csi_pb2.Volume:
@@ -39,6 +44,7 @@ def _snapshot(info: SnapshotInfo) -> csi_pb2.Snapshot:
     return snapshot
 
 
+@bounded
 class ControllerServicer(csi_pb2_grpc.ControllerServicer):  # type: ignore[misc]
     def __init__(self, engine: ControllerEngine, snapshots: SnapshotEngine) -> None:
         self.engine = engine
@@ -97,7 +103,10 @@ class ControllerServicer(csi_pb2_grpc.ControllerServicer):  # type: ignore[misc]
     def ListVolumes(self, request: csi_pb2.ListVolumesRequest,
                     context: grpc.ServicerContext) -> csi_pb2.ListVolumesResponse:
         infos, token = self.engine.list_volumes(request.max_entries, request.starting_token)
-        entries = [csi_pb2.ListVolumesResponse.Entry(volume=_volume(i)) for i in infos]
+        entries = [csi_pb2.ListVolumesResponse.Entry(
+            volume=_volume(i),
+            status=csi_pb2.ListVolumesResponse.VolumeStatus(volume_condition=_condition(i)),
+        ) for i in infos]
         return csi_pb2.ListVolumesResponse(entries=entries, next_token=token)
 
     def GetCapacity(self, request: csi_pb2.GetCapacityRequest,
@@ -121,7 +130,11 @@ class ControllerServicer(csi_pb2_grpc.ControllerServicer):  # type: ignore[misc]
         self, request: csi_pb2.ControllerGetVolumeRequest, context: grpc.ServicerContext
     ) -> csi_pb2.ControllerGetVolumeResponse:
         info = self.engine.get_volume(convert.require(request.volume_id, "volume_id"))
-        return csi_pb2.ControllerGetVolumeResponse(volume=_volume(info))
+        return csi_pb2.ControllerGetVolumeResponse(
+            volume=_volume(info),
+            status=csi_pb2.ControllerGetVolumeResponse.VolumeStatus(
+                volume_condition=_condition(info)),
+        )
 
     def CreateSnapshot(self, request: csi_pb2.CreateSnapshotRequest,
                        context: grpc.ServicerContext) -> csi_pb2.CreateSnapshotResponse:

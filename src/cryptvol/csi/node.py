@@ -6,6 +6,7 @@ import grpc
 
 from cryptvol import TOPOLOGY_KEY
 from cryptvol.csi import convert
+from cryptvol.csi.bounds import bounded
 from cryptvol.csi.gen import csi_pb2, csi_pb2_grpc
 from cryptvol.engine.capabilities import check_capabilities
 from cryptvol.engine.node import NodeEngine
@@ -32,6 +33,7 @@ def _served_capability(
     return cap
 
 
+@bounded
 class NodeServicer(csi_pb2_grpc.NodeServicer):  # type: ignore[misc]
     def __init__(self, engine: NodeEngine, max_volumes: int = 0) -> None:
         self.engine = engine

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from cryptvol.engine.parameters import FSTYPE_KEY, VolumeParameters
 from cryptvol.engine.types import SUPPORTED_ACCESS_MODES, AccessType, Capability
-from cryptvol.errors import InvalidArgument
+from cryptvol.errors import InvalidArgument, quoted
 from cryptvol.mounts.filesystem import SUPPORTED as SUPPORTED_FS
 
 
@@ -23,7 +23,7 @@ def check_capabilities(capabilities: Sequence[Capability]) -> None:
         if cap.access_type is AccessType.MOUNT and cap.fs_type and cap.fs_type not in \
                 SUPPORTED_FS:
             raise InvalidArgument(
-                f"fs_type {cap.fs_type!r} is not supported; accepted values: "
+                f"fs_type {quoted(cap.fs_type)} is not supported; accepted values: "
                 f"{', '.join(SUPPORTED_FS)}"
             )
 
@@ -38,11 +38,14 @@ def asked_fs_type(capabilities: Sequence[Capability], params: VolumeParameters) 
     """The filesystem the request names (capability or StorageClass), or None."""
     asked = {c.fs_type for c in capabilities if c.access_type is AccessType.MOUNT and c.fs_type}
     if len(asked) > 1:
-        raise InvalidArgument(f"capabilities ask for different filesystems: {sorted(asked)}")
+        raise InvalidArgument(
+            "capabilities ask for different filesystems: "
+            + ", ".join(quoted(fs) for fs in sorted(asked))
+        )
     from_class = params.raw.get(FSTYPE_KEY)
     if asked and from_class and asked != {from_class}:
         raise InvalidArgument(
-            f"the capability asks for {asked.pop()} but parameter {FSTYPE_KEY!r} is "
-            f"{from_class}"
+            f"the capability asks for {quoted(asked.pop())} but parameter {FSTYPE_KEY!r} is "
+            f"{quoted(from_class)}"
         )
     return asked.pop() if asked else from_class

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from cryptvol import TOPOLOGY_KEY
 from cryptvol.engine import copies
 from cryptvol.engine.capabilities import asked_fs_type, check_capabilities, fs_type_for
+from cryptvol.engine.capacity import CapacityLedger
 from cryptvol.engine.direct import STORAGECLASS, DirectTriggers, check_direct_access, recorded
 from cryptvol.engine.ids import is_volume_id, volume_id_for
 from cryptvol.engine.locks import OperationLocks
@@ -32,6 +33,7 @@ from cryptvol.errors import (
     InvalidArgument,
     NotFound,
     ResourceExhausted,
+    quoted,
 )
 from cryptvol.keys.manager import KeyManager
 from cryptvol.luks.cryptsetup import mapping_name
@@ -67,6 +69,9 @@ class VolumeInfo:
     volume_context: dict[str, str]
     topology: dict[str, str]
     source: ContentSource | None = None
+    # The volume's condition as the controller knows it: its record, backing volume and key.
+    abnormal: bool = False
+    condition: str = ""
 
 
 class ControllerEngine:
@@ -80,6 +85,7 @@ class ControllerEngine:
         locks: OperationLocks,
         host: Callable[[], HostProbe] | None = None,
         direct: DirectTriggers | None = None,
+        ledger: CapacityLedger | None = None,
     ) -> None:
         self.host = host
         self.direct = direct or DirectTriggers(None)
@@ -89,6 +95,7 @@ class ControllerEngine:
         self.pools = pools
         self.node_id = node_id
         self.locks = locks
+        self.ledger = ledger or CapacityLedger(volumes, node_id)
 
     # --- CreateVolume -------------------------------------------------------------------
     def create_volume(self, req: CreateRequest) -> VolumeInfo:
@@ -104,7 +111,7 @@ class ControllerEngine:
         self._check_topology(req.requisite_topologies)
         if params.key_source == "secret" and params.secret_key not in req.secrets:
             raise InvalidArgument(
-                f"keySource 'secret' needs the passphrase under key {params.secret_key!r} "
+                f"keySource 'secret' needs the passphrase under key {quoted(params.secret_key)} "
                 "in the provisioner secret (csi.storage.k8s.io/provisioner-secret-name and "
                 "-namespace in the StorageClass)"
             )
@@ -124,31 +131,30 @@ class ControllerEngine:
                     pool = self.pools.get(params.pool)
                     record = self._new_record(volume_id, req.name, capacity, params, fs_type,
                                               luks_plan, pool, trigger or "")
-                    method = "copy"
                 else:
                     record, pool = self._new_copy(volume_id, req, params, luks_plan,
                                                   trigger or "")
-                    method = pool.capabilities.clone
-                free = pool.provisioner.space().free_bytes
-                if method != "thin" and record.backing_bytes > free:
-                    raise ResourceExhausted(
-                        f"the pool has {free} bytes free; a {record.capacity_bytes}-byte "
-                        f"volume needs {record.backing_bytes} with its LUKS2 header"
-                    )
+                    self._check_room_to_copy(record, pool)
                 # A new managed volume's DEK commits with its record: one fsync, not two.
                 # When that cannot be (a rotation moved the key set), the record goes alone
                 # and _finish_create makes the DEK, as after a crash. A copy's DEK is its
                 # source's, copied in _finish_copy.
                 fresh_key = record.key_source == "managed" and record.content_source is None
                 compares, ops = self.keys.new_dek_write(volume_id) if fresh_key else ([], [])
-                inserted = self.volumes.insert(record, with_compares=compares, with_ops=ops)
-                if not inserted and ops:
-                    inserted = self.volumes.insert(record)
+                # Every volume is a promise of its whole size, a thin copy too: it shares
+                # its source's blocks only until either is written.
+                with self.ledger.promise(pool, record.backing_bytes,
+                                         f"a {record.capacity_bytes}-byte volume with its "
+                                         "LUKS2 header"):
+                    inserted = self.volumes.insert(record, with_compares=compares,
+                                                   with_ops=ops)
+                    if not inserted and ops:
+                        inserted = self.volumes.insert(record)
                 if not inserted:
                     existing = self.volumes.get(volume_id)
                     if existing is None:
                         raise AlreadyExists(
-                            f"volume name {req.name!r} is taken by another volume"
+                            f"volume name {quoted(req.name)} is taken by another volume"
                         )
                 else:
                     existing = record
@@ -158,7 +164,7 @@ class ControllerEngine:
             self._check_same_request(existing, req, params)
             if existing.state == "deleting":
                 raise AlreadyExists(
-                    f"volume {req.name!r} is being deleted; retry once DeleteVolume finished"
+                    f"volume {quoted(req.name)} is being deleted; retry once DeleteVolume finished"
                 )
             if existing.state == "creating":
                 existing = self._finish_create(existing)
@@ -219,6 +225,20 @@ class ControllerEngine:
         )
         return record, pool
 
+    @staticmethod
+    def _check_room_to_copy(record: VolumeRecord, pool: Pool) -> None:
+        """A copy by bytes writes them now, so they must fit in what is free now, whatever
+        may still be promised; a thin copy writes nothing yet."""
+        if pool.capabilities.clone != "copy":
+            return
+        free = pool.provisioner.space().free_bytes
+        if record.backing_bytes > free:
+            raise ResourceExhausted(
+                f"pool {pool.name} has {free} bytes free; copying into a "
+                f"{record.capacity_bytes}-byte volume needs {record.backing_bytes} with its "
+                "LUKS2 header"
+            )
+
     def _finish_create(self, record: VolumeRecord) -> VolumeRecord:
         failpoints.reached("create:after-record")
         provisioner = self._pool(record).provisioner
@@ -257,20 +277,22 @@ class ControllerEngine:
         record: VolumeRecord, req: CreateRequest, params: VolumeParameters
     ) -> None:
         if record.name != req.name:
-            raise Internal(f"volume id collision between {record.name!r} and {req.name!r}")
+            raise Internal(
+                f"volume id collision between {quoted(record.name)} and {quoted(req.name)}"
+            )
         if record.content_source != req.source:
             raise AlreadyExists(
-                f"volume {req.name!r} exists with another content source; use a new name"
+                f"volume {quoted(req.name)} exists with another content source; use a new name"
             )
         if record.parameters != params.raw:
             raise AlreadyExists(
-                f"volume {req.name!r} exists with other parameters; use a new name"
+                f"volume {quoted(req.name)} exists with other parameters; use a new name"
             )
         fits_required = record.capacity_bytes >= req.required_bytes
         fits_limit = req.limit_bytes == 0 or record.capacity_bytes <= req.limit_bytes
         if not (fits_required and fits_limit):
             raise AlreadyExists(
-                f"volume {req.name!r} exists with {record.capacity_bytes} bytes, outside the "
+                f"volume {quoted(req.name)} exists with {record.capacity_bytes} bytes, outside the "
                 "capacity range asked; use a new name"
             )
 
@@ -281,11 +303,11 @@ class ControllerEngine:
             if topology.get(TOPOLOGY_KEY, self.node_id) == self.node_id:
                 return
         raise ResourceExhausted(
-            f"this driver serves node {self.node_id!r} only; none of the requisite "
+            f"this driver serves node {quoted(self.node_id)} only; none of the requisite "
             "topologies names it"
         )
 
-    def _info(self, record: VolumeRecord) -> VolumeInfo:
+    def _info(self, record: VolumeRecord, condition: bool = False) -> VolumeInfo:
         fmt = record.luks.format
         context = {
             "fsType": record.fs_type,
@@ -298,13 +320,36 @@ class ControllerEngine:
         }
         if record.kata_direct:
             context["kataDirect"] = record.kata_direct
+        problem = self._condition(record) if condition else None
+        fine = ("the volume has its backing volume and its key" if record.node_id ==
+                self.node_id else f"the volume lives on node {record.node_id}, whose driver "
+                "checks it")
         return VolumeInfo(
             volume_id=record.id,
             capacity_bytes=record.capacity_bytes,
             volume_context=context,
             topology={TOPOLOGY_KEY: record.node_id},
             source=record.content_source,
+            abnormal=problem is not None,
+            condition=problem or (fine if condition else ""),
         )
+
+    def _condition(self, record: VolumeRecord) -> str | None:
+        """What the controller knows to be wrong with a volume, or None. The node's
+        NodeGetVolumeStats knows more (mapping, filesystem, device errors)."""
+        if record.node_id != self.node_id:
+            return None  # another node's pools: that node's controller knows
+        try:
+            pool = self._pool(record)
+        except FailedPrecondition as exc:
+            return str(exc)
+        if pool.provisioner.size(record.id) is None:
+            return (f"the backing volume of {record.id} is gone from pool {pool.name}; its "
+                    "data is lost unless the pool is restored")
+        if record.key_source == "managed" and not self.keys.has_dek(record.id):
+            return (f"the data key of {record.id} is gone from the key store; the volume "
+                    "cannot be unlocked unless the state store is restored from a backup")
+        return None
 
     # --- DeleteVolume -------------------------------------------------------------------
     def delete_volume(self, volume_id: str) -> None:
@@ -357,10 +402,12 @@ class ControllerEngine:
         if max_entries < 0:
             raise InvalidArgument("max_entries must not be negative")
         if starting_token and not is_volume_id(starting_token):
-            raise Aborted(f"starting_token {starting_token!r} is not one this driver issued")
+            raise Aborted(
+                f"starting_token {quoted(starting_token)} is not one this driver issued"
+            )
         page, next_token = self.volumes.page_where(starting_token, max_entries,
                                                    lambda r: r.state == "ready")
-        return [self._info(r) for r in page], next_token
+        return [self._info(r, condition=True) for r in page], next_token
 
     def capacity(self, capabilities: Sequence[Capability], parameters: Mapping[str, str],
                  topology: Mapping[str, str] | None) -> int:
@@ -377,7 +424,8 @@ class ControllerEngine:
                 return 0
         if topology and topology.get(TOPOLOGY_KEY, self.node_id) != self.node_id:
             return 0
-        return max(0, pool.provisioner.space().free_bytes - LUKS2_HEADER_BYTES)
+        # What can still be promised (see CapacityLedger), as a volume's usable size.
+        return max(0, self.ledger.available(pool) - LUKS2_HEADER_BYTES)
 
     def _pool(self, record: VolumeRecord) -> Pool:
         return self.pools.of_volume(record.id, record.pool)
@@ -386,9 +434,9 @@ class ControllerEngine:
         record = self.require(volume_id)
         if record.state != "ready":
             raise NotFound(f"volume {volume_id} is still being {record.state[:-3]}ed")
-        return self._info(record)
+        return self._info(record, condition=True)
 
     def require(self, volume_id: str) -> VolumeRecord:
         if not is_volume_id(volume_id):
-            raise NotFound(f"volume {volume_id} does not exist")
+            raise NotFound(f"volume {quoted(volume_id)} does not exist")
         return self.volumes.require(volume_id)

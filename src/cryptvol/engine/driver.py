@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from prometheus_client import CollectorRegistry
 
+from cryptvol.engine.capacity import CapacityLedger
 from cryptvol.engine.controller import ControllerEngine
 from cryptvol.engine.direct import DirectTriggers
 from cryptvol.engine.locks import OperationLocks
@@ -17,8 +19,15 @@ from cryptvol.engine.metrics import NodeMetrics, VolumeCollector
 from cryptvol.engine.node import NodeEngine, release_interrupted_reencryptions
 from cryptvol.engine.publishing import PublishModes
 from cryptvol.engine.snapshots import SnapshotEngine
-from cryptvol.errors import CryptvolError, Unavailable
-from cryptvol.keys.config import KeysConfig, open_keys
+from cryptvol.engine.startup import (
+    StartRefused,
+    check_store_identity,
+    kek_evidence,
+    prepare_state_dir,
+)
+from cryptvol.errors import CryptvolError, Internal, Unavailable
+from cryptvol.keys.config import KeysConfig, open_provider, open_store
+from cryptvol.keys.manager import KeyManager
 from cryptvol.keys.metrics import KeyMetrics
 from cryptvol.keys.replica import Replica
 from cryptvol.kube.api import KubeApi
@@ -34,9 +43,11 @@ from cryptvol.mounts.kata_defaults import (
     RUNTIME_HANDLERS,
 )
 from cryptvol.mounts.kata_shim import ShimClient
+from cryptvol.mounts.paths import DEFAULT_KUBELET_DIR, KATA_DIRECT, KUBELET, PathGuard
 from cryptvol.pools.registry import PoolSpec, open_pools
 from cryptvol.state.nodes import save_host_probe
 from cryptvol.state.repository import SnapshotRepository, VolumeRepository
+from cryptvol.store.base import Store
 
 log = logging.getLogger(__name__)
 Role = Literal["all", "controller", "node"]
@@ -62,6 +73,12 @@ class DriverSettings:
     pools: tuple[PoolSpec, ...]
     keys: KeysConfig | None = None
     kata: KataSettings = KataSettings()
+    # Node request paths must lie inside it (see mounts.paths).
+    kubelet_dir: Path = DEFAULT_KUBELET_DIR
+    # A pool promises at most its size times this (see engine.capacity).
+    overcommit_ratio: float = 1.0
+    # Accept a state store that does not match this node's markers and pools.
+    adopt: bool = False
 
 
 class Driver:
@@ -70,28 +87,46 @@ class Driver:
     ) -> None:
         """`registry`: the process's Prometheus registry (a private one when not given)."""
         self.settings = settings
-        settings.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        prepare_state_dir(settings.state_dir)
         # Pools first: a mistyped pool, or a pool folder that cannot be made, stops the start
         # before any store, key or thread exists.
         self.pools = open_pools(settings.pools)
+        # The roots node paths must lie in: kubelet's dir for request paths, Kata's
+        # direct-volume dir for the folders the kata mode writes.
+        kata = settings.kata
+        self.paths = PathGuard({KUBELET: settings.kubelet_dir,
+                                KATA_DIRECT: kata.direct_volumes_dir})
         # A kubeconfig that cannot be used stops the start too; an API that cannot be
         # reached only fails the requests that need it.
-        kata = settings.kata
         api_config = discover(kata.kubeconfig)
         self.kube = KubeApi(api_config) if api_config is not None else None
         direct = DirectTriggers(self.kube, kata.runtime_handlers)
         modes = PublishModes(KataDirect(
-            DirectVolumes(kata.direct_volumes_dir),
+            DirectVolumes(self.paths.root(KATA_DIRECT)),
             ShimClient(kata.go_sandboxes_dir, kata.rs_sandboxes_dir),
         ))
-        keys_config = settings.keys or KeysConfig(state_dir=settings.state_dir)
-        # With etcd, a driver whose store is unreachable or whose key set cannot load yet
-        # starts anyway and answers Probe "not ready" until it has loaded. The embedded
-        # store is local: a missing or corrupt KEK file there will not heal by waiting,
-        # so it stops the start with the reason.
-        self.store, self.keys = open_keys(
-            keys_config, lazy=bool(keys_config.etcd_endpoints), metrics=KeyMetrics(registry)
-        )
+        self.keys_config = keys_config = settings.keys or KeysConfig(
+            state_dir=settings.state_dir)
+        self.store = _open_store(keys_config)
+        self.volumes = VolumeRepository(self.store)
+        self._identity_lock = threading.Lock()
+        self._identity_problem = ""
+        self._identity_tried = 0.0
+        try:
+            # With etcd, an unreachable store defers the check to readiness (below).
+            self._identity_ok = self._check_identity()
+            # With etcd, a driver whose store is unreachable or whose key set cannot load
+            # yet starts anyway and answers Probe "not ready" until it has loaded. The
+            # embedded store is local: a missing or corrupt KEK file there will not heal by
+            # waiting, so it stops the start with the reason.
+            self.keys = KeyManager(self.store, open_provider(keys_config),
+                                   lazy=bool(keys_config.etcd_endpoints),
+                                   metrics=KeyMetrics(registry))
+        except BaseException:
+            self.store.close()
+            if self.kube is not None:
+                self.kube.close()
+            raise
         # Controllers wrap new DEKs, so they take part in KEK rotation agreement; a node-only
         # driver follows the key set without a report. Both make Probe say whether the store
         # answers, from the loop's last rounds rather than a round trip per Probe.
@@ -99,25 +134,26 @@ class Driver:
         self.replica = Replica(self.keys, name=settings.node_id,
                                role="controller" if controls else "node",
                                report=controls).start()
-        self.volumes = VolumeRepository(self.store)
         if registry is not None:
             registry.register(VolumeCollector(self.volumes))
         snapshots = SnapshotRepository(self.store)
         # One lock table for both services: a node and a controller operation on the same
-        # volume in this process must not interleave either.
+        # volume in this process must not interleave either. One ledger too: creates and
+        # node expansions promise from the same pools.
         self.locks = OperationLocks()
+        self.ledger = CapacityLedger(self.volumes, settings.node_id, settings.overcommit_ratio)
         self._host: HostProbe | None = None
         self._probe_error = ""
         self.controller = ControllerEngine(
             self.volumes, snapshots, self.keys, self.pools, settings.node_id, self.locks,
-            self.host, direct,
+            self.host, direct, ledger=self.ledger,
         )
         self.snapshots = SnapshotEngine(self.volumes, snapshots, self.keys, self.pools,
                                         settings.node_id, self.locks)
         self.budget: MemoryBudget | None = None
         self.node = NodeEngine(
             self.volumes, self.keys, self.pools, settings.node_id, self.locks, modes, direct,
-            metrics=NodeMetrics(registry),
+            metrics=NodeMetrics(registry), paths=self.paths, ledger=self.ledger,
         )
         # Said once the start can no longer fail on its own settings or store.
         log.info("kata direct volumes", extra={"api": direct.describe(),
@@ -172,17 +208,63 @@ class Driver:
     def serves_node(self) -> bool:
         return self.settings.role in ("all", "node")
 
+    def _check_identity(self) -> bool:
+        """Check the store's identity; False when an etcd store cannot be reached yet."""
+        config = self.keys_config
+        try:
+            where = (f"in etcd {config.etcd_endpoints}" if config.etcd_endpoints
+                     else str(config.db_path))
+            check_store_identity(
+                self.store, where,
+                kek_evidence(self.settings.state_dir, local_keks=config.root_key is None),
+                self.pools, self.volumes, adopt=self.settings.adopt)
+        except Unavailable:
+            if not config.etcd_endpoints:
+                raise
+            log.warning("store identity check deferred: the state store is unreachable")
+            return False
+        return True
+
+    def _identity_checked(self) -> bool:
+        """With etcd, the identity check waits for the store; until it has passed the
+        driver is not ready. A store that fails it keeps the driver not ready for good."""
+        if self._identity_ok:
+            return True
+        with self._identity_lock:
+            if self._identity_ok or self._identity_problem or \
+                    time.monotonic() - self._identity_tried < 1.0:
+                return self._identity_ok
+            self._identity_tried = time.monotonic()
+            try:
+                self._identity_ok = self._check_identity()
+            except CryptvolError as exc:
+                self._identity_problem = str(exc)
+                log.error("not serving this state store", extra={"error": str(exc)})
+        return self._identity_ok
+
     def _node_can_serve(self, host: HostProbe) -> bool:
         return host.dm_crypt or not self.serves_node
 
     def ready(self) -> bool:
         host = self._host
-        return host is not None and self.replica.ready() and self._node_can_serve(host)
+        return (host is not None and self.replica.ready() and self._node_can_serve(host)
+                and self._identity_checked())
 
     def close(self) -> None:
         # A reencryption's cryptsetup dies with this process: stop it where it can resume.
         self.node.reencryptions.stop_all()
         self.replica.stop()
+        self.node.kernel_log.close()
         if self.kube is not None:
             self.kube.close()
         self.store.close()
+
+
+def _open_store(config: KeysConfig) -> Store:
+    try:
+        return open_store(config)
+    except (Internal, Unavailable) as exc:
+        raise StartRefused(
+            f"{exc}. Restore it from a backup, or move it away and start once with --adopt "
+            "(README: 'When the driver refuses to start')"
+        ) from None

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 
 from pydantic import BaseModel, ConfigDict
 
-from cryptvol.errors import InvalidArgument
+from cryptvol.errors import InvalidArgument, quoted
 from cryptvol.luks.policy import LUKS_PARAMETER_KEYS, LuksParameters, parse_luks_parameters
 from cryptvol.mounts.filesystem import SUPPORTED as SUPPORTED_FS
 from cryptvol.mounts.filesystem import check_fs_type
@@ -55,7 +55,8 @@ def parse_parameters(params: Mapping[str, str]) -> VolumeParameters:
     if unknown:
         known = sorted(ENGINE_KEYS | LUKS_PARAMETER_KEYS)
         raise InvalidArgument(
-            f"unknown parameter(s) {', '.join(repr(k) for k in unknown)}; "
+            f"unknown parameter(s) {', '.join(quoted(k) for k in unknown[:5])}"
+            f"{f' and {len(unknown) - 5} more' if len(unknown) > 5 else ''}; "
             f"accepted keys: {', '.join(known)}"
         )
     fs_type = kept.get(FSTYPE_KEY, "ext4")
@@ -63,13 +64,13 @@ def parse_parameters(params: Mapping[str, str]) -> VolumeParameters:
         check_fs_type(fs_type)
     except InvalidArgument:
         raise InvalidArgument(
-            f"parameter {FSTYPE_KEY!r}: {fs_type!r} is not supported; "
+            f"parameter {FSTYPE_KEY!r}: {quoted(fs_type)} is not supported; "
             f"accepted values: {', '.join(SUPPORTED_FS)}"
         ) from None
     key_source = kept.get(KEY_SOURCE_KEY, "managed")
     if key_source not in _KEY_SOURCES:
         raise InvalidArgument(
-            f"parameter {KEY_SOURCE_KEY!r}: {key_source!r} is not supported; "
+            f"parameter {KEY_SOURCE_KEY!r}: {quoted(key_source)} is not supported; "
             f"accepted values: {', '.join(_KEY_SOURCES)}"
         )
     secret_key = kept.get(SECRET_KEY_KEY, "passphrase")

@@ -23,7 +23,7 @@ from typing import Any
 
 from cryptvol.errors import FailedPrecondition, InvalidArgument
 from cryptvol.keys.kek import Kek, new_kek_material
-from cryptvol.system.files import fsync_dir
+from cryptvol.system.files import write_private_file
 from cryptvol.system.secret import Secret
 
 KEK_FILE = "kek.json"
@@ -142,15 +142,7 @@ class LocalKekProvider:
                 for k in keks.values()
             },
         }
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        tmp.unlink(missing_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(json.dumps(doc).encode())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
-        fsync_dir(self.path.parent)
+        write_private_file(self.path, json.dumps(doc).encode())
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
@@ -172,7 +164,6 @@ def _parse(raw: bytes) -> dict[str, Kek]:
         key = Secret(base64.b64decode(item["key"], validate=True))
         out[kek_id] = Kek(str(kek_id), key, float(item["created"]))
     return out
-
 
 
 def _now() -> float:

@@ -252,6 +252,11 @@ class KeyManager:
             raise NotFound(f"volume {volume_id} has no data key in the key store")
         return self._unwrap(entry.value, volume_id, loaded)
 
+    def has_dek(self, volume_id: str) -> bool:
+        """Whether the store holds a wrapped DEK for the volume; nothing is unwrapped."""
+        _check_volume_id(volume_id)
+        return self.store.get(dek_key(volume_id)) is not None
+
     def delete_dek(self, volume_id: str) -> None:
         """Shred the DEK: delete it, then have the store forget its history, so the wrapped
         key cannot be read back from an earlier revision or the store's files. Run again
@@ -339,6 +344,13 @@ class KeyManager:
         except CryptvolError:
             self.metrics.unwrap_errors.inc()
             raise
+
+
+def stored_dek_ids(store: Store) -> list[str]:
+    """The ids of the volumes and snapshots the store holds a wrapped DEK for, a pending
+    replacement's (`next_dek`) under its owner's id; needs no KEK."""
+    return sorted({entry.key[len(DEK_PREFIX):].removesuffix(NEXT_SUFFIX)
+                   for entry in store.range(DEK_PREFIX)})
 
 
 def _next_id(volume_id: str) -> str:

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from cryptvol.errors import FailedPrecondition, InvalidArgument
+from cryptvol.errors import FailedPrecondition, InvalidArgument, quoted
 from cryptvol.luks.budget import CRYPTSETUP_PROCESS_KIB, default_budget_kib
 from cryptvol.luks.cryptsetup import FormatOptions, OpenOptions
 from cryptvol.luks.probe import MEMORY_HARD, HostProbe
@@ -133,7 +133,7 @@ def parse_luks_parameters(params: Mapping[str, str]) -> LuksParameters:
             values[name] = parse(raw)
         except ValueError:
             raise InvalidArgument(
-                f"StorageClass parameter {key!r}: {raw!r} is not accepted; "
+                f"StorageClass parameter {key!r}: {quoted(raw)} is not accepted; "
                 f"accepted values: {accepted}{_UNITS.get(key, '')}"
             ) from None
     cipher = values.get("cipher", "aes-xts-plain64")

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
-from cryptvol.errors import FailedPrecondition, InvalidArgument
-from cryptvol.mounts.mountinfo import mount_at
+from cryptvol.errors import FailedPrecondition, InvalidArgument, quoted
 from cryptvol.system import run
-from cryptvol.system.devices import signatures
+from cryptvol.system.devices import kernel_name, signatures
 
 SUPPORTED = ("ext4", "xfs")
 
@@ -16,7 +17,8 @@ SUPPORTED = ("ext4", "xfs")
 def check_fs_type(fs_type: str) -> str:
     if fs_type not in SUPPORTED:
         raise InvalidArgument(
-            f"filesystem {fs_type!r} is not supported; accepted values: {', '.join(SUPPORTED)}"
+            f"filesystem {quoted(fs_type)} is not supported; accepted values: "
+            f"{', '.join(SUPPORTED)}"
         )
     return fs_type
 
@@ -44,11 +46,7 @@ def ensure_filesystem(device: str, fs_type: str) -> bool:
 
 
 def mount(device: str, target: str, fs_type: str, options: list[str], read_only: bool) -> None:
-    existing = mount_at(target)
-    if existing is not None:
-        if os.path.realpath(existing.source) != os.path.realpath(device):
-            raise FailedPrecondition(f"{target} is already a mount of {existing.source}")
-        return
+    """Mount `device` at `target`. The caller has checked what `target` holds: this mounts."""
     opts = list(options)
     if read_only:
         opts.append("ro")
@@ -59,8 +57,6 @@ def mount(device: str, target: str, fs_type: str, options: list[str], read_only:
 
 
 def bind_mount(source: str, target: str, read_only: bool) -> None:
-    if mount_at(target) is not None:
-        return
     argv = ["mount", "--bind"]
     if read_only:
         argv += ["-o", "ro"]
@@ -68,9 +64,8 @@ def bind_mount(source: str, target: str, read_only: bool) -> None:
 
 
 def unmount(target: str) -> None:
-    """Unmount `target` until nothing is mounted there; an unmounted target succeeds."""
-    while mount_at(target) is not None:
-        run(["umount", target], timeout=120)
+    """Unmount the topmost mount at `target`; the caller has checked that it is its own."""
+    run(["umount", target], timeout=120)
 
 
 def grow(device: str, mountpoint: str, fs_type: str) -> None:
@@ -79,7 +74,28 @@ def grow(device: str, mountpoint: str, fs_type: str) -> None:
     elif fs_type == "xfs":
         run(["xfs_growfs", mountpoint], timeout=600)
     else:
-        raise InvalidArgument(f"cannot grow filesystem {fs_type!r}")
+        raise InvalidArgument(f"cannot grow filesystem {quoted(fs_type)}")
+
+
+def health(device: str, mountpoint: str, fs_type: str) -> str | None:
+    """Why the filesystem of `device` mounted at `mountpoint` is not healthy, or None:
+    ext4 counts the errors it met in sysfs; xfs, once shut down, answers EIO to a stat."""
+    name = kernel_name(device)
+    if fs_type == "ext4":
+        try:
+            count = int(Path(f"/sys/fs/ext4/{name}/errors_count").read_text().strip() or 0)
+        except (OSError, ValueError):
+            count = 0
+        if count:
+            return (f"ext4 has recorded {count} error(s) on the volume; unstage it and run "
+                    "fsck.ext4 on the mapping")
+    try:
+        os.stat(mountpoint)
+    except OSError as exc:
+        if exc.errno == errno.EIO:
+            return (f"{fs_type} answers I/O errors (an xfs that shut down does); unstage the "
+                    "volume and repair the filesystem")
+    return None
 
 
 @dataclass(frozen=True)

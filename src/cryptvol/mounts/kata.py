@@ -14,19 +14,18 @@ come from the guest through the same shim, or are the device's size when no shim
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import stat
 from collections.abc import Sequence
 
-from cryptvol.errors import AlreadyExists, CryptvolError, FailedPrecondition, InvalidArgument
+from cryptvol.errors import AlreadyExists, CryptvolError, FailedPrecondition, quoted
 from cryptvol.mounts import filesystem
 from cryptvol.mounts.direct_volumes import DirectVolumes, Entry, MountInfo
 from cryptvol.mounts.filesystem import Usage
 from cryptvol.mounts.kata_shim import ShimClient, ShimSocket
 from cryptvol.mounts.modes import NO_OPTIONS, OpenedVolume, PublishOptions
-from cryptvol.mounts.mountinfo import Mount, mount_at, mounts
+from cryptvol.mounts.mountinfo import mount_at
+from cryptvol.mounts.paths import NodePath
 from cryptvol.system import failpoints
 from cryptvol.system.devices import device_size
 
@@ -44,56 +43,53 @@ class KataDirect:
         self.volumes = volumes
         self.shim = shim
 
-    def stage(self, volume: OpenedVolume, staging_path: str, mount_flags: Sequence[str],
+    def stage(self, volume: OpenedVolume, staging: NodePath, mount_flags: Sequence[str],
               grow: bool) -> None:
         # The guest mounts the filesystem and grows it (through the shim) itself.
         filesystem.ensure_filesystem(volume.device, volume.fs_type)
 
-    def unstage(self, volume: OpenedVolume, staging_path: str) -> None:
+    def unstage(self, volume: OpenedVolume, staging: NodePath) -> None:
         return None  # staging mounted nothing
 
-    def publish(self, volume: OpenedVolume, staging_path: str, target_path: str,
+    def publish(self, volume: OpenedVolume, staging: NodePath, target: NodePath,
                 read_only: bool, options: PublishOptions = NO_OPTIONS) -> None:
-        _check_target_path(target_path)
         wanted = mount_info(volume, read_only, options)
-        for other in self.volumes.published(volume.device):
-            if other != target_path:
+        for other in self.targets(volume):
+            if other != target.path:
                 raise FailedPrecondition(
-                    f"volume {volume.volume_id} is already a Kata direct volume at {other}; "
-                    "a direct volume belongs to one pod at a time"
+                    f"volume {volume.volume_id} is already a Kata direct volume at "
+                    f"{quoted(other)}; a direct volume belongs to one pod at a time"
                 )
-        entry = self.volumes.entry(target_path)
+        entry = self.volumes.entry(target.path)
         if entry is not None and entry.info is not None:
             if entry.info.device != volume.device:
                 raise FailedPrecondition(
-                    f"{target_path} is the Kata direct volume of {entry.info.device}, not of "
-                    f"volume {volume.volume_id}"
+                    f"{quoted(target)} is the Kata direct volume of "
+                    f"{quoted(entry.info.device)}, not of volume {volume.volume_id}"
                 )
             if entry.info != wanted:
                 raise AlreadyExists(
-                    f"volume {volume.volume_id} is already published at {target_path} with "
+                    f"volume {volume.volume_id} is already published at {quoted(target)} with "
                     f"other options ({_describe(entry.info)}; asked: {_describe(wanted)})"
                 )
-        made = _prepare_target(target_path)
+        made = _prepare_target(target)
         try:
-            self._release_host_mounts(volume, staging_path)
+            self._release_host_mounts(volume, staging)
             if entry is None or entry.info != wanted:
-                self.volumes.write(target_path, wanted)
+                self.volumes.write(target.path, wanted)
                 failpoints.reached("kata:after-mountinfo")
         except BaseException:
             if made:
-                with contextlib.suppress(OSError):
-                    os.rmdir(target_path)
+                target.remove_dir()
             raise
 
-    def unpublish(self, volume: OpenedVolume, target_path: str) -> bool:
-        _check_target_path(target_path)
-        if not self.volumes.remove(target_path, volume.device):
+    def unpublish(self, volume: OpenedVolume, target: NodePath) -> bool:
+        if not self.volumes.remove(target.path, volume.device):
             return False
-        _remove_target(target_path)
+        _remove_target(target)
         return True
 
-    def grow(self, volume: OpenedVolume, volume_path: str) -> bool:
+    def grow(self, volume: OpenedVolume, volume_path: NodePath) -> bool:
         if self._own_entry(volume, volume_path) is None:
             return False
         shim = self._shim(volume_path)
@@ -107,7 +103,7 @@ class KataDirect:
                  extra={"volume": volume.volume_id, "bytes": size, "shim": str(shim.path)})
         return True
 
-    def usage(self, volume: OpenedVolume, volume_path: str) -> Usage | None:
+    def usage(self, volume: OpenedVolume, volume_path: NodePath) -> Usage | None:
         if self._own_entry(volume, volume_path) is None:
             return None
         try:
@@ -119,48 +115,50 @@ class KataDirect:
                         extra={"volume": volume.volume_id, "error": str(exc)})
         return Usage(device_size(volume.device), 0, 0, 0, 0, 0)
 
+    def targets(self, volume: OpenedVolume) -> list[str]:
+        """The targets at which a Kata guest holds the volume (its mountInfo.json names the
+        mapping); nothing of them is mounted on the host."""
+        return self.volumes.published(volume.device)
+
     def refuse_if_direct(self, volume: OpenedVolume) -> None:
         """Refuse a host or block publication of a volume a Kata guest holds."""
-        for target in self.volumes.published(volume.device):
+        for target in self.targets(volume):
             raise FailedPrecondition(
-                f"volume {volume.volume_id} is a Kata direct volume at {target}; it cannot "
-                "also be published on the host (one pod at a time); unpublish it first"
+                f"volume {volume.volume_id} is a Kata direct volume at {quoted(target)}; it "
+                "cannot also be published on the host (one pod at a time); unpublish it first"
             )
 
-    def _own_entry(self, volume: OpenedVolume, volume_path: str) -> Entry | None:
-        if not os.path.isabs(volume_path):
-            return None
-        try:
-            entry = self.volumes.entry(volume_path)
-        except InvalidArgument:
-            return None
+    def _own_entry(self, volume: OpenedVolume, volume_path: NodePath) -> Entry | None:
+        entry = self.volumes.entry(volume_path.path)
         if entry is None or entry.info is None or entry.info.device != volume.device:
             return None
         return entry
 
-    def _shim(self, volume_path: str) -> ShimSocket | None:
+    def _shim(self, volume_path: NodePath) -> ShimSocket | None:
         """The live shim of the sandbox Kata recorded for the volume, if any."""
-        entry = self.volumes.entry(volume_path)
+        entry = self.volumes.entry(volume_path.path)
         for sandbox_id in entry.sandbox_ids if entry else ():
             found = self.shim.socket(sandbox_id)
             if found is not None:
                 return found
         return None
 
-    def _release_host_mounts(self, volume: OpenedVolume, staging_path: str) -> None:
+    def _release_host_mounts(self, volume: OpenedVolume, staging: NodePath) -> None:
         """Unmount the volume's own staging mount; refuse while it is published on the host.
         The guest and the host must never both mount one filesystem."""
-        held = _mounts_of(volume.device)
-        elsewhere = sorted({m.target for m in held} - {os.path.realpath(staging_path)})
+        held = volume.mounts()
+        elsewhere = sorted({m.target for m in held} - {staging.real})
         if elsewhere:
             raise FailedPrecondition(
-                f"volume {volume.volume_id} is mounted on the host at {', '.join(elsewhere)}; "
-                "a Kata direct volume must not be (one pod at a time): unpublish it there first"
+                f"volume {volume.volume_id} is mounted on the host at "
+                f"{', '.join(quoted(t) for t in elsewhere)}; a Kata direct volume must not be "
+                "(one pod at a time): unpublish it there first"
             )
+        for _ in held:
+            filesystem.unmount(staging.real)
         if held:
-            filesystem.unmount(staging_path)
             log.info("staging mount released: the volume goes to a Kata guest",
-                     extra={"volume": volume.volume_id, "staging": staging_path})
+                     extra={"volume": volume.volume_id, "staging": str(staging)})
 
 
 def mount_info(volume: OpenedVolume, read_only: bool, options: PublishOptions) -> MountInfo:
@@ -184,65 +182,40 @@ def _describe(info: MountInfo) -> str:
     return " ".join(parts)
 
 
-def _mounts_of(device: str) -> list[Mount]:
-    real = os.path.realpath(device)
-    return [m for m in mounts() if m.source.startswith("/")
-            and os.path.realpath(m.source) == real]
+# --- the target kubelet hands to the runtime -----------------------------------------------
+# The engine checked the target with mounts.paths (no symlink, inside kubelet's dir) and
+# refused one holding a mount that is not this volume's; these act through that walk.
 
-
-# --- path safety -------------------------------------------------------------------------
-# A minimal stand-in for the node-path safety module of issue 10 (branch `safety`): the
-# lead swaps these two checks for the shared module at merge. Target paths must be
-# absolute, normalised and reached through no symlink; the direct-volume root is the second
-# root this mode writes under, and `direct_volumes` opens every name there without
-# following symlinks.
-
-def _check_target_path(path: str) -> None:
-    if not os.path.isabs(path) or os.path.normpath(path) != path.rstrip("/") or "//" in path:
-        raise InvalidArgument(f"target_path {path!r} must be an absolute, normalised path")
-    current = "/"
-    for part in path.strip("/").split("/"):
-        current = os.path.join(current, part)
-        try:
-            mode = os.lstat(current).st_mode
-        except FileNotFoundError:
-            return
-        if stat.S_ISLNK(mode):
-            raise FailedPrecondition(f"target_path {path}: {current} is a symlink; refused")
-
-
-def _prepare_target(path: str) -> bool:
+def _prepare_target(target: NodePath) -> bool:
     """The empty folder kubelet expects at the target; True when this call made it."""
     try:
-        os.mkdir(path, 0o750)
-        return True
-    except FileExistsError:
-        pass
-    st = os.lstat(path)
-    if not stat.S_ISDIR(st.st_mode):
+        made = target.make_dir()
+    except NotADirectoryError:
         raise FailedPrecondition(
-            f"target_path {path} exists and is not a directory; it is refused, not replaced"
-        )
-    existing = mount_at(path)
+            f"target_path {quoted(target)} exists and is not a directory; it is refused, not "
+            "replaced"
+        ) from None
+    existing = mount_at(target.real)
     if existing is not None:
         raise FailedPrecondition(
-            f"target_path {path} is a mount of {existing.source}; a Kata direct volume is "
-            "never mounted on the host"
+            f"target_path {quoted(target)} is a mount of {quoted(existing.source)}; a Kata "
+            "direct volume is never mounted on the host"
         )
-    if os.listdir(path):
+    if not made and not target.is_empty_dir():
         raise FailedPrecondition(
-            f"target_path {path} holds files the driver did not make; refusing to publish there"
+            f"target_path {quoted(target)} holds files the driver did not make; refusing to "
+            "publish there"
         )
-    return False
+    return made
 
 
-def _remove_target(path: str) -> None:
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
+def _remove_target(target: NodePath) -> None:
+    found = target.lstat()
+    if found is None:
         return
-    if not stat.S_ISDIR(st.st_mode) or mount_at(path) is not None or os.listdir(path):
+    if not stat.S_ISDIR(found.st_mode) or mount_at(target.real) is not None \
+            or not target.is_empty_dir():
         log.warning("target left in place: not the empty folder the driver made",
-                    extra={"target": path})
+                    extra={"target": str(target)})
         return
-    os.rmdir(path)
+    target.remove_dir()

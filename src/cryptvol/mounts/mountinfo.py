@@ -17,6 +17,9 @@ class Mount:
     fs_type: str
     options: tuple[str, ...]
     root: str
+    # The device number of the mounted filesystem (mountinfo's major:minor): what tells
+    # whose mount this is. A source is only a name, and names are not unique.
+    dev: int = 0
 
     @property
     def read_only(self) -> bool:
@@ -42,16 +45,27 @@ def mounts(mountinfo: Path = Path("/proc/self/mountinfo")) -> list[Mount]:
                 fs_type=tail[0],
                 options=tuple(fields[5].split(",")),
                 root=_unescape(fields[3]),
+                dev=_device_number(fields[2]),
             )
         )
     return found
 
 
+def _device_number(field: str) -> int:
+    major, _, minor = field.partition(":")
+    try:
+        return os.makedev(int(major), int(minor))
+    except ValueError:
+        return 0
+
+
+def mounts_at(target: str) -> list[Mount]:
+    """The mounts at `target`, bottom first (the last is the one a lookup sees)."""
+    real = os.path.realpath(target)
+    return [m for m in mounts() if m.target == real]
+
+
 def mount_at(target: str) -> Mount | None:
     """The topmost mount at `target`, or None."""
-    real = os.path.realpath(target)
-    found = None
-    for m in mounts():
-        if m.target == real:
-            found = m
-    return found
+    found = mounts_at(target)
+    return found[-1] if found else None

@@ -53,6 +53,9 @@ class PoolEncryption:
 
 @dataclass(frozen=True)
 class PoolSpace:
+    # What the pool can hold in all: what its volumes occupy now plus what is free to them
+    # (a loop pool on a shared filesystem does not count the filesystem's other files).
+    # The engine promises at most total_bytes x --overcommit-ratio of volume sizes.
     total_bytes: int
     free_bytes: int
 
@@ -114,6 +117,23 @@ class Provisioner(Protocol):
         volume was deleted still copies). A repeat with the same arguments is a no-op."""
         ...
 
+    def volume_ids(self) -> list[str]:
+        """The ids of every backing volume in the pool (snapshots and unfinished temporary
+        copies excluded), whatever the state store says: what `cryptvol state check` and
+        the start-up check compare with the records. Only names cryptvol makes count."""
+        ...
+
+    def store_marker(self) -> str | None:
+        """The state-store identity this pool was last used with, or None when it has no
+        marker (a new pool, or one from before markers). The driver refuses to start when
+        it names another store than the one it opened."""
+        ...
+
+    def mark_store(self, store_id: str) -> None:
+        """Record `store_id` as this pool's store identity, durably and readable only by
+        root (a file 0600, an LVM tag, a ZFS user property); a repeat is a no-op."""
+        ...
+
 
 class NodeAttacher(Protocol):
     """The node side of a pool: backing volumes as block devices on this node."""
@@ -132,6 +152,15 @@ class NodeAttacher(Protocol):
 
     def refresh(self, volume_id: str) -> int:
         """Make an attached device see its backing volume's current size; return it."""
+        ...
+
+    def written(self, volume_id: str) -> WriteState:
+        """Whether the backing volume was ever written, from what the pool itself records
+        (allocation), without reading it. NEVER lets the engine format the volume without
+        reading it; anything else makes it read the whole device before it may format, so
+        a pool must answer NEVER only when it is sure. A copy (a clone, a restored snapshot)
+        is never NEVER: it holds its source's bytes, and the engine reads it whatever its
+        pool answers. Cheap: called on every first stage."""
         ...
 
 

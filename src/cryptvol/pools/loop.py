@@ -2,22 +2,34 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import shutil
 import stat
 from pathlib import Path
 
-from cryptvol.errors import FailedPrecondition, NotFound, ResourceExhausted
-from cryptvol.pools.base import CopyMethod, CopySource, Pool, PoolCapabilities, PoolSpace
+from cryptvol.errors import FailedPrecondition, NotFound, ResourceExhausted, quoted
+from cryptvol.pools.base import (
+    CopyMethod,
+    CopySource,
+    Pool,
+    PoolCapabilities,
+    PoolSpace,
+    WriteState,
+)
 from cryptvol.system import CommandError, run
 from cryptvol.system.devices import device_size
+from cryptvol.system.files import read_marker_file, write_private_file
 
 KIND = "loop"
 _SNAPSHOTS = "snapshots"
 _REFLINK_PROBE = ".reflink-probe"
 _SYS_BLOCK = Path("/sys/block")
 _VOLUME_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_IMAGE = ".img"
+# The store identity this pool was used with (see Provisioner.store_marker).
+MARKER_FILE = ".cryptvol-store-id"
 
 
 class LoopFiles:
@@ -33,12 +45,12 @@ class LoopFiles:
 
     def path(self, volume_id: str) -> Path:
         if not _VOLUME_ID.match(volume_id):
-            raise NotFound(f"volume id {volume_id!r} is not one cryptvol made")
-        return self.pool_dir / f"{volume_id}.img"
+            raise NotFound(f"volume id {quoted(volume_id)} is not one cryptvol made")
+        return self.pool_dir / f"{volume_id}{_IMAGE}"
 
     def snapshot_path(self, snapshot_id: str) -> Path:
         if not _VOLUME_ID.match(snapshot_id):
-            raise NotFound(f"snapshot id {snapshot_id!r} is not one cryptvol made")
+            raise NotFound(f"snapshot id {quoted(snapshot_id)} is not one cryptvol made")
         return self.pool_dir / _SNAPSHOTS / f"{snapshot_id}.img"
 
     def attached_device(self, volume_id: str) -> str | None:
@@ -141,8 +153,29 @@ class LoopProvisioner:
         return self.files.attached_device(volume_id) is not None
 
     def space(self) -> PoolSpace:
+        # The pool's files may share their filesystem with others: the pool can hold what
+        # its files occupy now plus what is free, not the filesystem's whole size.
         usage = shutil.disk_usage(self.pool_dir)
-        return PoolSpace(total_bytes=usage.total, free_bytes=usage.free)
+        occupied = 0
+        for entry in os.scandir(self.pool_dir):
+            if entry.name.endswith(_IMAGE) and entry.is_file(follow_symlinks=False):
+                occupied += entry.stat(follow_symlinks=False).st_blocks * 512
+        return PoolSpace(total_bytes=occupied + usage.free, free_bytes=usage.free)
+
+    def volume_ids(self) -> list[str]:
+        return sorted(
+            entry.name[: -len(_IMAGE)] for entry in os.scandir(self.pool_dir)
+            if entry.name.endswith(_IMAGE) and entry.is_file(follow_symlinks=False)
+            and _VOLUME_ID.match(entry.name[: -len(_IMAGE)])
+        )
+
+    def store_marker(self) -> str | None:
+        return read_marker_file(self.pool_dir / MARKER_FILE)
+
+    def mark_store(self, store_id: str) -> None:
+        if self.store_marker() == store_id:
+            return
+        write_private_file(self.pool_dir / MARKER_FILE, f"{store_id}\n".encode())
 
     def snapshot(self, volume_id: str, snapshot_id: str) -> int:
         source = self.files.path(volume_id)
@@ -208,6 +241,21 @@ class LoopAttacher:
         while (device := self.files.attached_device(volume_id)) is not None:
             run(["losetup", "--detach", device], timeout=60)
 
+    def written(self, volume_id: str) -> WriteState:
+        """A loop file is sparse until written: SEEK_DATA finding no data proves that no
+        byte of it was ever written (a filesystem without SEEK_DATA reports it all as
+        data, so the engine then reads it)."""
+        fd = os.open(self.files.path(volume_id), os.O_RDONLY | os.O_NOFOLLOW)
+        try:
+            os.lseek(fd, 0, os.SEEK_DATA)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:  # no data after offset 0: all holes
+                return WriteState.NEVER
+            return WriteState.UNKNOWN
+        finally:
+            os.close(fd)
+        return WriteState.WRITTEN
+
     def refresh(self, volume_id: str) -> int:
         device = self.files.attached_device(volume_id)
         if device is None:
@@ -229,8 +277,9 @@ def capabilities(pool_dir: Path) -> PoolCapabilities:
 
 
 def _has_reflinks(pool_dir: Path) -> bool:
-    probe = pool_dir / _REFLINK_PROBE
-    clone = probe.with_suffix(".clone")
+    # Named per process: `cryptvol state check` may open the pool while the driver starts.
+    probe = pool_dir / f"{_REFLINK_PROBE}.{os.getpid()}"
+    clone = pool_dir / f"{_REFLINK_PROBE}.{os.getpid()}.clone"
     try:
         probe.write_bytes(b"\0" * 4096)
         run(["cp", "--reflink=always", str(probe), str(clone)], timeout=30)

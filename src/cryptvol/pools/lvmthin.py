@@ -5,6 +5,10 @@ its id, each copy a writable thin snapshot of a snapshot or volume: all copy-on-
 the thin pool, so snapshots and clones are constant-time, and every one of them is an
 independent LV (removing a volume leaves its snapshots and copies whole).
 
+Volumes are writable LVs and snapshots read-only ones: that is how the pool tells them apart
+(`volume_ids`). The store identity the pool was last used with is a tag on the thin pool
+LV itself (`cryptvol-store:<id>`), kept in LVM's metadata like the LVs it vouches for.
+
 Volumes are created inactive and activated only by the node side's `attach`, so a volume is
 active exactly while it is attached. Every LV carries LVM's activation-skip flag (thin
 snapshots have it anyway), so a host's boot-time autoactivation leaves them alone; `attach`
@@ -22,13 +26,17 @@ import re
 from dataclasses import dataclass
 
 from cryptvol.errors import FailedPrecondition, NotFound
-from cryptvol.pools.base import CopySource, Pool, PoolCapabilities, PoolSpace
+from cryptvol.pools.base import CopySource, Pool, PoolCapabilities, PoolSpace, WriteState
 from cryptvol.system import CommandError, run
 from cryptvol.system.devices import device_size
 
 KIND = "lvmthin"
 CAPABILITIES = PoolCapabilities(online_expand=True, snapshot="thin", clone="thin")
 TAG = "cryptvol"
+# The thin pool LV's tag naming the state store it was last used with.
+STORE_TAG = "cryptvol-store:"
+# What an LVM tag may hold after STORE_TAG (LVM's tag characters, bounded).
+_STORE_ID = re.compile(r"^[A-Za-z0-9_+.-]{1,100}$")
 # LVM's own rule for VG and LV names, without its reserved prefixes.
 _NAME = re.compile(r"^[A-Za-z0-9+_.][A-Za-z0-9+_.-]{0,126}$")
 # LVM writes "File descriptor N leaked" warnings to stderr otherwise; harmless, but noise
@@ -68,16 +76,20 @@ class ThinPool:
 
     def find_all(self, *lvs: str) -> dict[str, LogicalVolume]:
         """Those of the LVs named that exist, by name: one `lvs` for all of them."""
-        select = " || ".join(f"lv_name={_checked(lv)}" for lv in lvs)
+        rows = self.report("lv_name,lv_size,lv_active,lv_attr", *lvs)
+        return {name: LogicalVolume(name, int(size), active == "active", attr)
+                for name, size, active, attr in rows if name in lvs}
+
+    def report(self, fields: str, *lvs: str) -> list[list[str]]:
+        """`fields` (comma-separated) of each LV named, or of every LV in the volume group
+        when none is named: one row per LV."""
+        select = ["--select", " || ".join(f"lv_name={_checked(lv)}" for lv in lvs)] \
+            if lvs else []
         out = self.lvm("lvs", "--noheadings", "--nosuffix", "--units", "b", "--separator", "|",
-                       "-o", "lv_name,lv_size,lv_active,lv_attr", "--select", select, self.vg)
-        found = {}
-        for line in out.splitlines():
-            fields = [f.strip() for f in line.split("|")]
-            if len(fields) == 4 and fields[0] in lvs:
-                found[fields[0]] = LogicalVolume(fields[0], int(fields[1]),
-                                                 fields[2] == "active", fields[3])
-        return found
+                       "-o", fields, *select, self.vg)
+        width = fields.count(",") + 1
+        rows = [[f.strip() for f in line.split("|")] for line in out.splitlines()]
+        return [row for row in rows if len(row) == width]
 
     def require(self, lv: str, what: str) -> LogicalVolume:
         found = self.find(lv)
@@ -164,6 +176,33 @@ class LvmThinProvisioner:
         if copied.size_bytes < size_bytes:
             self.pool.lvm("lvextend", "--size", f"{size_bytes}b", self.pool.path(volume_id))
 
+    def volume_ids(self) -> list[str]:
+        """Every writable thin LV of this thin pool that cryptvol made (tagged); snapshots
+        are read-only."""
+        rows = self.pool.report("lv_name,pool_lv,lv_attr,lv_tags")
+        return sorted(name for name, pool_lv, attr, tags in rows
+                      if pool_lv == self.pool.thin_pool and attr[:2] == "Vw"
+                      and TAG in tags.split(",") and _NAME.match(name))
+
+    def store_marker(self) -> str | None:
+        rows = self.pool.report("lv_tags", self.pool.thin_pool)
+        if not rows:
+            raise NotFound(f"thin pool {self.pool.vg}/{self.pool.thin_pool} is gone")
+        return next((tag[len(STORE_TAG):] for tag in rows[0][0].split(",")
+                     if tag.startswith(STORE_TAG)), None)
+
+    def mark_store(self, store_id: str) -> None:
+        if not _STORE_ID.match(store_id):
+            raise ValueError(f"store identity {store_id!r} cannot be an LVM tag")
+        found = self.store_marker()
+        if found == store_id:
+            return
+        # One lvchange, one metadata commit: the old tag and the new never both, or neither.
+        argv = ["lvchange", "--addtag", STORE_TAG + store_id]
+        if found is not None:
+            argv += ["--deltag", STORE_TAG + found]
+        self.pool.lvm(*argv, self.pool.path(self.pool.thin_pool))
+
     def _remove(self, lv: str) -> None:
         if self.pool.find(lv) is not None:
             self.pool.lvm("lvremove", "--yes", self.pool.path(lv))
@@ -199,12 +238,39 @@ class LvmThinAttacher:
         if found is not None and found.active:
             self.pool.lvm("lvchange", "--activate", "n", self.pool.path(volume_id))
 
+    def written(self, volume_id: str) -> WriteState:
+        """A thin LV maps a block of the pool only once it is written: none mapped means
+        never written. A copy (a thin snapshot) holds its source's data: WRITTEN. An active
+        LV's mapped sectors come exact from its thin target; an inactive one has only LVM's
+        rounded percentage, whose 0.00 may hide a few blocks."""
+        rows = self.pool.report("lv_name,origin,data_percent", volume_id)
+        if not rows:
+            raise NotFound(f"volume {volume_id} has no logical volume in "
+                           f"{self.pool.vg}/{self.pool.thin_pool}")
+        _, origin, percent = rows[0]
+        if origin:
+            return WriteState.WRITTEN
+        device = self.attached_device(volume_id)
+        if device is None:
+            return WriteState.WRITTEN if float(percent or 0) > 0 else WriteState.UNKNOWN
+        return _thin_written(device)
+
     def refresh(self, volume_id: str) -> int:
         # lvextend reloads an active LV's table itself: the device already has its size.
         device = self.attached_device(volume_id)
         if device is None:
             raise NotFound(f"volume {volume_id} is not attached on this node")
         return device_size(device)
+
+
+def _thin_written(device: str) -> WriteState:
+    """From the thin target's status: `<start> <length> thin <mapped sectors> <highest>`."""
+    rdev = os.stat(device).st_rdev
+    out = run(["dmsetup", "status", "-j", str(os.major(rdev)), "-m", str(os.minor(rdev))],
+              timeout=60).stdout.split()
+    if len(out) >= 5 and out[2] == "thin" and out[3].isdigit():
+        return WriteState.NEVER if int(out[3]) == 0 else WriteState.WRITTEN
+    return WriteState.UNKNOWN  # a failed thin device ("Fail"), or not a thin target
 
 
 def _checked(lv: str) -> str:

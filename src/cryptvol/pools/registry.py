@@ -11,7 +11,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from cryptvol.errors import FailedPrecondition, InvalidArgument
+from cryptvol.errors import FailedPrecondition, InvalidArgument, quoted
 from cryptvol.pools import loop, lvmthin
 from cryptvol.pools.base import Pool
 
@@ -56,14 +56,15 @@ def parse_pool_spec(text: str) -> PoolSpec:
     kind, colon, location = rest.partition(":")
     forms = ", ".join(f"NAME={form}" for form in _LOCATION_HELP.values())
     if not eq or not colon or not location:
-        raise InvalidArgument(f"pool {text!r} is not NAME=KIND:LOCATION ({forms})")
+        raise InvalidArgument(f"pool {quoted(text)} is not NAME=KIND:LOCATION ({forms})")
     if not _NAME.match(name):
         raise InvalidArgument(
-            f"pool name {name!r}: use lower-case letters, digits and '-' (at most 63)"
+            f"pool name {quoted(name)}: use lower-case letters, digits and '-' (at most 63)"
         )
     if kind not in _OPENERS:
         raise InvalidArgument(
-            f"pool {name!r}: unknown kind {kind!r}; known kinds: {', '.join(known_kinds())}"
+            f"pool {quoted(name)}: unknown kind {quoted(kind)}; known kinds: "
+            f"{', '.join(known_kinds())}"
         )
     return PoolSpec(name, kind, location)
 
@@ -92,7 +93,7 @@ class PoolRegistry:
         pool = self._pools.get(name)
         if pool is None:
             raise InvalidArgument(
-                f"pool {name!r} is not configured on this driver; configured pools: "
+                f"pool {quoted(name)} is not configured on this driver; configured pools: "
                 f"{', '.join(self._pools)}"
             )
         return pool
@@ -103,8 +104,8 @@ class PoolRegistry:
         pool = self._pools.get(pool_name)
         if pool is None:
             raise FailedPrecondition(
-                f"volume {volume_id} lives in pool {pool_name!r}, which this driver does not "
-                f"configure (configured: {', '.join(self._pools)}); add it with --pool"
+                f"volume {volume_id} lives in pool {quoted(pool_name)}, which this driver does "
+                f"not configure (configured: {', '.join(self._pools)}); add it with --pool"
             )
         return pool
 

@@ -15,7 +15,7 @@ import grpc
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
-from cryptvol.errors import CryptvolError
+from cryptvol.errors import QUOTE_LIMIT, CryptvolError
 from cryptvol.rpc.metrics import RpcMetrics
 from cryptvol.rpc.status import code_for, message_for
 
@@ -72,8 +72,9 @@ class RpcInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
             for field in fields:
                 value = getattr(request, field, "")
                 if value:
-                    # Inputs are not bounded before validation: log at most 128 characters.
-                    found[name] = str(value)[:128]
+                    # Inputs are not bounded before validation: log at most QUOTE_LIMIT
+                    # characters (a 1 MiB name is refused, not logged whole).
+                    found[name] = str(value)[:QUOTE_LIMIT]
                     break
             else:
                 found[name] = ""

@@ -24,6 +24,10 @@ class RecordLayout:
 VOLUMES = RecordLayout(records="/cryptvol/volumes/", names="/cryptvol/names/")
 SNAPSHOTS = RecordLayout(records="/cryptvol/snapshots/", names="/cryptvol/snapshot-names/")
 NODES = "/cryptvol/nodes/"
+# The store's identity (see `state.identity`): written once, at the first start.
+IDENTITY_KEY = "/cryptvol/identity"
+# Pool volumes without a record that an operator accepted with `serve --adopt`, by id.
+ADOPTED_ORPHANS = "/cryptvol/adopted-orphans/"
 
 
 def node_probe_key(node_id: str) -> str:

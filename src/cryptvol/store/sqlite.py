@@ -27,6 +27,7 @@ import copy
 import errno
 import os
 import sqlite3
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -122,6 +123,7 @@ class SqliteStore:
         try:
             if not readonly:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
+                _make_private(self.path)
             self._db = self._connect()
         except PermissionError:
             raise
@@ -429,6 +431,25 @@ class SqliteStore:
             while self._readers:
                 self._readers.pop().close()
             self._db.close()
+
+
+def _make_private(path: Path) -> None:
+    """The database and its -wal and -shm hold wrapped DEKs: owner-only. SQLite makes the
+    -wal and -shm with the database's mode, so a database made 0600 keeps them 0600; files
+    an older cryptvol made with the umask's mode are tightened."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        if stat.S_IMODE(os.fstat(fd).st_mode) & 0o077:
+            os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+    for suffix in ("-wal", "-shm"):
+        side = path.with_name(path.name + suffix)
+        try:
+            if stat.S_IMODE(side.lstat().st_mode) & 0o077 and not side.is_symlink():
+                side.chmod(0o600)
+        except FileNotFoundError:
+            pass
 
 
 def _raise_if_denied(path: Path, readonly: bool) -> None:

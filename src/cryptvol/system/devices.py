@@ -1,12 +1,15 @@
 """Block devices: prove one blank before anything formats it, read its size.
 
-A device counts as blank only when `blkid` finds no signature on it (no LUKS header, no
-filesystem, no partition table) AND its first and last mebibytes read back as zeros. The
-second check catches data blkid does not recognise: formatting over it would destroy it.
+A device is proven blank either by its pool (nothing of it was ever written: see
+`pools.base.WriteState`), or by reading it: `blkid` finds no signature on it (no LUKS
+header, no filesystem, no partition table) AND every byte of it reads back as zero. Reading
+catches data blkid does not recognise, wherever it is: a file holding data only in its
+middle is not blank, and formatting over it would destroy that data.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 
 from cryptvol.errors import FailedPrecondition
@@ -35,33 +38,37 @@ def signatures(device: str) -> list[str]:
     return found or ["unknown"]
 
 
-def _zero_edges(device: str) -> bool:
-    fd = os.open(device, os.O_RDONLY)
+def _first_data(device: str) -> int | None:
+    """The offset of the first mebibyte holding a non-zero byte, or None when it is all
+    zeros. The edges are read first: a header or a filesystem's superblock sits there, so
+    a device holding data is most often refused after two reads."""
+    fd = os.open(device, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        size = os.lseek(fd, 0, os.SEEK_END)
-        for offset in {0, max(0, size - _PROBE_BYTES)}:
-            os.lseek(fd, offset, os.SEEK_SET)
-            chunk = os.read(fd, _PROBE_BYTES)
+        size: int = os.lseek(fd, 0, os.SEEK_END)
+        edges = (0, max(0, size - _PROBE_BYTES))
+        for offset in itertools.chain(edges, range(_PROBE_BYTES, size - _PROBE_BYTES,
+                                                   _PROBE_BYTES)):
+            chunk = os.pread(fd, _PROBE_BYTES, offset)
             if chunk.count(0) != len(chunk):
-                return False
-        return True
+                return offset
+        return None
     finally:
         os.close(fd)
 
 
-def is_blank(device: str) -> bool:
-    return not signatures(device) and _zero_edges(device)
-
-
 def require_blank(device: str) -> None:
+    """Refuse (FailedPrecondition) a device that holds a signature or any non-zero byte.
+    Reads the whole device: for a device its pool cannot prove never written."""
     found = signatures(device)
     if found:
         raise FailedPrecondition(
             f"{device} already holds {', '.join(found)}; cryptvol formats only blank devices"
         )
-    if not _zero_edges(device):
+    offset = _first_data(device)
+    if offset is not None:
         raise FailedPrecondition(
-            f"{device} holds data of an unknown kind; cryptvol formats only blank devices"
+            f"{device} holds data of an unknown kind (non-zero bytes at offset {offset}); "
+            "cryptvol formats only blank devices"
         )
 
 
@@ -77,3 +84,23 @@ def device_size(device: str) -> int:
             return int(f.read().strip()) * 512
     except (OSError, ValueError):
         return int(run(["blockdev", "--getsize64", device], timeout=30).stdout.strip())
+
+
+def kernel_name(device: str) -> str:
+    """The kernel's name of a block device node ("dm-3", "loop0"), as sysfs and the kernel
+    log know it. Found through the device number: without udev, /dev/mapper/<name> is a
+    node of its own, not a link to /dev/dm-N."""
+    try:
+        rdev = os.stat(device).st_rdev
+        return os.path.basename(os.readlink(f"/sys/dev/block/{os.major(rdev)}:{os.minor(rdev)}"))
+    except OSError:
+        return os.path.basename(os.path.realpath(device))
+
+
+def dm_suspended(device: str) -> bool:
+    """Whether the device-mapper device `device` is suspended (its I/O queued, not served)."""
+    try:
+        with open(f"/sys/class/block/{kernel_name(device)}/dm/suspended") as f:
+            return f.read().strip() == "1"
+    except OSError:
+        return False

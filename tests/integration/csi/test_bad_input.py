@@ -1,4 +1,10 @@
-"""Every malformed request gets its CSI-correct code, and changes nothing."""
+"""Every malformed request gets its CSI-correct code, and changes nothing.
+
+Two tables: malformed requests (missing fields, bad values, sizes beyond the CSI spec's
+limits), and hostile paths for every node RPC (tests/support/hostile.py). The hostile
+table's counts per RPC are printed by bench/bench_hostile.py."""
+
+import re
 
 import grpc
 import pytest
@@ -6,6 +12,8 @@ import pytest
 from cryptvol.csi.client import block_capability, mount_capability
 from cryptvol.csi.gen import csi_pb2 as pb
 from cryptvol.engine.ids import snapshot_id_for
+from cryptvol.errors import QUOTE_LIMIT
+from support import hostile
 
 MIB = 1024 * 1024
 OK = grpc.StatusCode.OK
@@ -512,6 +520,106 @@ CASES = [
         lambda v, t: pb.NodeGetVolumeStatsRequest(volume_id=v, volume_path=f"{t}/nowhere"),
         NOT_FOUND,
     ),
+    # Sizes beyond the CSI spec's limits (seen: the client got RESOURCE_EXHAUSTED "Stream
+    # removed" instead of the real code, the message quoting the whole input).
+    (
+        "create: a 1 MiB name",
+        "controller",
+        "CreateVolume",
+        lambda v, t: pb.CreateVolumeRequest(name="n" * MIB, volume_capabilities=[EXT4]),
+        INVALID,
+    ),
+    (
+        "create: an 8 KiB parameter key",
+        "controller",
+        "CreateVolume",
+        lambda v, t: pb.CreateVolumeRequest(
+            name="x", volume_capabilities=[EXT4], parameters={"k" * 8192: "v"}
+        ),
+        INVALID,
+    ),
+    (
+        "create: 5 KiB of parameters",
+        "controller",
+        "CreateVolume",
+        lambda v, t: pb.CreateVolumeRequest(
+            name="x", volume_capabilities=[EXT4],
+            parameters={f"k{i}": "v" * 100 for i in range(50)},
+        ),
+        INVALID,
+    ),
+    (
+        "create: a long unknown parameter key within the limits is quoted shortened",
+        "controller",
+        "CreateVolume",
+        lambda v, t: pb.CreateVolumeRequest(
+            name="x", volume_capabilities=[EXT4], parameters={"k" * 128: "v" * 3000}
+        ),
+        INVALID,
+    ),
+    (
+        "create: a secret key beyond 128 bytes",
+        "controller",
+        "CreateVolume",
+        lambda v, t: pb.CreateVolumeRequest(
+            name="x", volume_capabilities=[EXT4], secrets={"s" * 200: "v"}
+        ),
+        INVALID,
+    ),
+    (
+        "delete: a 64 KiB volume id",
+        "controller",
+        "DeleteVolume",
+        lambda v, t: pb.DeleteVolumeRequest(volume_id="v" * 65536),
+        INVALID,
+    ),
+    (
+        "get volume: a 64 KiB volume id",
+        "controller",
+        "ControllerGetVolume",
+        lambda v, t: pb.ControllerGetVolumeRequest(volume_id="v" * 65536),
+        INVALID,
+    ),
+    (
+        "list: a 1 MiB starting token",
+        "controller",
+        "ListVolumes",
+        lambda v, t: pb.ListVolumesRequest(starting_token="t" * MIB),
+        INVALID,
+    ),
+    (
+        "stage: a 64 KiB volume id",
+        "node",
+        "NodeStageVolume",
+        lambda v, t: pb.NodeStageVolumeRequest(
+            volume_id="v" * 65536, staging_target_path=f"{t}/s", volume_capability=EXT4
+        ),
+        INVALID,
+    ),
+    (
+        "unpublish: a 64 KiB volume id",
+        "node",
+        "NodeUnpublishVolume",
+        lambda v, t: pb.NodeUnpublishVolumeRequest(volume_id="v" * 65536, target_path=f"{t}/p"),
+        INVALID,
+    ),
+    (
+        "stage: a 200-byte mount flag",
+        "node",
+        "NodeStageVolume",
+        lambda v, t: pb.NodeStageVolumeRequest(
+            volume_id=v, staging_target_path=f"{t}/s",
+            volume_capability=mount_capability("ext4", flags=("o" * 200,)),
+        ),
+        INVALID,
+    ),
+    (
+        "unpublish: a 4 KiB path that is not a volume's is quoted shortened",
+        "node",
+        "NodeUnpublishVolume",
+        lambda v, t: pb.NodeUnpublishVolumeRequest(volume_id=v, target_path="r" * 4000),
+        INVALID,
+    ),
 ]
 
 
@@ -562,4 +670,33 @@ def test_bad_input_gets_its_code_and_changes_nothing(
             getattr(stub, method)(request)
         assert info.value.code() == code, info.value.details()
         assert info.value.details()
+        _assert_quotes_little(info.value.details())
     assert _state(driver) == before
+
+
+def _assert_quotes_little(details: str) -> None:
+    """No message quotes more than QUOTE_LIMIT characters of any input (the long inputs
+    here repeat one character: no longer run of one may appear)."""
+    assert len(details) < 2048, details[:200]
+    assert not re.search(rf"(.)\1{{{QUOTE_LIMIT}}}", details), details[:300]
+
+
+@pytest.fixture
+def scene(shared_driver, tmp_path):
+    made = hostile.make_scene(tmp_path, shared_driver.state_dir)
+    yield made
+    made.teardown()
+
+
+@pytest.mark.parametrize("case", hostile.cases(), ids=lambda c: c.id)
+def test_a_hostile_path_gets_its_code_and_touches_nothing(shared_driver, existing_volume,
+                                                         scene, case):
+    driver = shared_driver
+    roots = (scene.tmp, scene.outside, driver.state_dir, driver.pool_dir)
+    before = hostile.snapshot(*roots), _state(driver)
+    req = hostile.request(case, scene, existing_volume.volume_id)
+    code, details = hostile.call(driver.client.node, case, req)
+    assert code == case.code, details
+    if code != hostile.OK:
+        _assert_quotes_little(details)
+    assert (hostile.snapshot(*roots), _state(driver)) == before

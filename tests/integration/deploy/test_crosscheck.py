@@ -30,9 +30,7 @@ from cryptvol.engine.parameters import parse_parameters
 from cryptvol.errors import InvalidArgument
 from support.manifests import KUSTOMIZATIONS, Object
 
-PENDING = {
-    "flag: serve --kubelet-dir": "Kata direct volumes, issue 12",
-}
+PENDING: dict[str, str] = {}
 
 # What each sidecar needs from the driver, from its source at the pinned version:
 # external-provisioner README "Deployment on each node" (topology, GetCapacity) and

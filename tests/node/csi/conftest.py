@@ -1,42 +1,16 @@
-import contextlib
 import os
 import subprocess
 import tempfile
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from cryptvol.mounts.direct_volumes import DirectVolumes
-from cryptvol.system import run
-from cryptvol.system.runner import CommandError
 from cryptvol.vm import IN_VM_ENV
 from support.driver import RunningDriver
 from support.kube_api import FakeKubeApi
-from support.pools import POOLS
-
-MIB = 1024 * 1024
-LVM_ENV = {"LVM_SUPPRESS_FD_WARNINGS": "1"}
-
-
-@pytest.fixture(scope="session")
-def thin_pool(tmp_path_factory):
-    """An LVM volume group with a thin pool, on a loop device over a sparse file in the
-    guest's tmpfs: what an lvmthin pool is configured with ("VG/THINPOOL")."""
-    backing = tmp_path_factory.mktemp("lvm") / "pv.img"
-    with open(backing, "wb") as f:
-        f.truncate(4096 * MIB)
-    device = run(["losetup", "--find", "--show", str(backing)], timeout=60).stdout.strip()
-    vg = f"cvt{uuid.uuid4().hex[:8]}"
-    for argv in (["pvcreate", "-q", device], ["vgcreate", "-q", vg, device],
-                 ["lvcreate", "-q", "--type", "thin-pool", "-L", "3G", "-n", "pool", vg]):
-        run(argv, env=LVM_ENV, timeout=300)
-    yield vg
-    for argv in (["vgremove", "-q", "-f", vg], ["pvremove", "-q", "-f", device],
-                 ["losetup", "-d", device]):
-        with contextlib.suppress(CommandError):
-            run(argv, env=LVM_ENV, timeout=300)
+from support.pools import POOLS, TINY, TINY_POOL_BYTES
 
 
 @dataclass(frozen=True)
@@ -71,21 +45,31 @@ def driver(tmp_path_factory, kata, thin_pool, zfs_pool):
     """One driver for the node suite: starting Python under an emulated CPU costs seconds,
     so tests share it; each uses its own volume names. It serves the pools of
     support.pools.POOLS (a loop pool in driver.pool_dir, the default; an LVM thin pool; a
-    ZFS pool) and Kata direct volumes through a stand-in API. Crash tests restart it and
-    leave it running again."""
+    ZFS pool), `tiny` (a 96 MiB tmpfs loop pool for tests that fill a pool) and Kata direct
+    volumes through a stand-in API. Crash tests restart it and leave it running again.
+
+    The suite's volumes are sparse and mostly empty, so the driver may promise four times
+    what the pools hold (--overcommit-ratio; its limit is tested on the host)."""
     work = tmp_path_factory.mktemp("driver")
+    tiny = tmp_path_factory.mktemp("tiny-pool")
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={TINY_POOL_BYTES},mode=0700", "tiny",
+                    str(tiny)], check=True)
     running = RunningDriver(work, pool_args=[
         "--pool", f"{POOLS['loop']}=loop:{work / 'pool'}",
         "--pool", f"{POOLS['lvmthin']}=lvmthin:{thin_pool}/pool",
         "--pool", zfs_pool.spec(POOLS["zfs"]),
+        "--pool", f"{TINY}=loop:{tiny}",
     ], extra_args=[
+        "--overcommit-ratio", "4",
         "--kubeconfig", str(kata.api.kubeconfig(work / "kubeconfig")),
         "--kata-direct-volumes-dir", str(kata.volumes.root),
         "--kata-sandbox-dirs", f"{kata.go_sandboxes},{kata.rs_sandboxes}",
     ])
+    running.tiny_pool_dir = tiny
     running.start()
     yield running
     running.stop()
+    subprocess.run(["umount", "--lazy", str(tiny)], check=False)
 
 
 @pytest.fixture

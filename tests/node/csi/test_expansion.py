@@ -181,7 +181,7 @@ BAD_EXPANSIONS = [
         "size beyond the pool",
         lambda v: _node_expand(v, 1 << 50, SECRETS),
         grpc.StatusCode.RESOURCE_EXHAUSTED,
-        "free",
+        "may promise",
     ),
 ]
 
