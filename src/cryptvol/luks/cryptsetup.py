@@ -18,6 +18,7 @@ from typing import Any
 
 from cryptvol.errors import FailedPrecondition, InvalidArgument, NotFound
 from cryptvol.system import CommandError, SecretFd, run
+from cryptvol.system.devices import recognised_header
 from cryptvol.system.secret import Secret
 
 CRYPTSETUP = "cryptsetup"
@@ -118,6 +119,8 @@ def mapping_path(name: str) -> Path:
 
 
 def is_luks(device: str) -> bool:
+    if recognised_header(device) == "luks2":
+        return True
     result = run([CRYPTSETUP, "isLuks", "--type", "luks2", device], check=False, timeout=30)
     return result.returncode == 0
 

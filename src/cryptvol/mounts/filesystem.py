@@ -9,7 +9,7 @@ from pathlib import Path
 
 from cryptvol.errors import FailedPrecondition, InvalidArgument, quoted
 from cryptvol.system import run
-from cryptvol.system.devices import kernel_name, signatures
+from cryptvol.system.devices import kernel_name, recognised_header, signatures
 
 SUPPORTED = ("ext4", "xfs")
 
@@ -29,6 +29,8 @@ def ensure_filesystem(device: str, fs_type: str) -> bool:
     A device holding anything else is left alone: reformatting would destroy data.
     """
     check_fs_type(fs_type)
+    if recognised_header(device) == fs_type:
+        return False
     found = signatures(device)
     if found == [fs_type]:
         return False
