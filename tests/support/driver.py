@@ -178,7 +178,16 @@ class RunningDriver:
             return 0
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
-            return self.proc.wait(60)
+            try:
+                return self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                # Where it hangs goes to its log; then it must not outlive the test.
+                self.proc.send_signal(signal.SIGUSR1)
+                time.sleep(2)
+                self.proc.kill()
+                self.proc.wait()
+                tail = "\n".join(self.log_lines()[-60:])
+                raise AssertionError(f"the driver did not stop on SIGTERM:\n{tail}") from None
         return self.proc.returncode
 
     def restart(self, failpoints: str = "") -> CsiClient:

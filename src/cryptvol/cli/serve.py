@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import faulthandler
 import logging
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +107,9 @@ def serve_command(**options: Any) -> None:
     from cryptvol.system import logs
     from cryptvol.system.metrics import new_registry, serve_metrics
 
+    # A driver that does not stop can be asked where it is: SIGUSR1 writes every thread's
+    # stack to stderr (the log), and nothing else.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     settings = settings_from(options)
     pools = settings.pool_specs()
     kata = settings.kata_settings()
