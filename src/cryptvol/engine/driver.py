@@ -121,7 +121,7 @@ class Driver:
             # waiting, so it stops the start with the reason.
             self.keys = KeyManager(self.store, open_provider(keys_config),
                                    lazy=bool(keys_config.etcd_endpoints),
-                                   metrics=KeyMetrics(registry))
+                                   metrics=KeyMetrics(registry), adopt=settings.adopt)
         except BaseException:
             self.store.close()
             if self.kube is not None:

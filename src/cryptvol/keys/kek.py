@@ -93,6 +93,13 @@ class KekProvider(Protocol):
         it names none, or is another provider's)."""
         ...
 
+    def held(self) -> int:
+        """How many KEKs this provider already keeps on its own (0 where it keeps none: a
+        root key seals KEKs that live in the key-set record). A store with no key set over
+        a provider holding KEKs was emptied or swapped. Raises like `open` when its
+        material cannot be read."""
+        ...
+
     def restore(self, kek: Kek) -> str:
         """Keep material from a backup (`cryptvol keys import`); return its new reference."""
         ...

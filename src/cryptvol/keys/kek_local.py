@@ -83,6 +83,9 @@ class LocalKekProvider:
     def sealer_of(self, ref: str) -> str:
         return ""
 
+    def held(self) -> int:
+        return len(self._read(missing_ok=True))
+
     # -- more than the interface ------------------------------------------------------------
 
     def load_all(self) -> dict[str, Kek]:

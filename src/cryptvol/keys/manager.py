@@ -71,13 +71,17 @@ class LoadedKeySet:
         raise FailedPrecondition(f"KEK {kek_id} is not in the key set this replica loaded")
 
 
-def load_key_set(store: Store, provider: KekProvider, *, create: bool = True) -> LoadedKeySet:
+def load_key_set(store: Store, provider: KekProvider, *, create: bool = True,
+                 over_held: bool = False) -> LoadedKeySet:
     """Read the key-set record and open every KEK it names; make the first KEK on a new store.
 
     Raises FailedPrecondition when material is missing, corrupt or does not match its
-    recorded fingerprint, and Unavailable when the store cannot be reached.
+    recorded fingerprint, and Unavailable when the store cannot be reached. A store with no
+    key set is new only while the provider holds no KEKs: else it was emptied or swapped,
+    and a first KEK made there would leave every wrapped key behind. Only `over_held` (the
+    driver's --adopt) makes one anyway.
     """
-    for _ in range(_CAS_ATTEMPTS):
+    for attempt in range(_CAS_ATTEMPTS):
         entry = store.get(KEYSET_KEY)
         if entry is not None:
             record = KeySetRecord.from_bytes(entry.value)
@@ -101,6 +105,18 @@ def load_key_set(store: Store, provider: KekProvider, *, create: bool = True) ->
             )
         if not create:
             raise FailedPrecondition("the state store holds no key set yet")
+        held = provider.held()
+        if held and not over_held:
+            if attempt < 2:
+                # Another replica may be between keeping its first KEK and recording it.
+                time.sleep(0.1)
+                continue
+            raise FailedPrecondition(
+                f"the state store holds no key set, but {provider.name} "
+                f"holds {held} KEK(s): the store was emptied, deleted or swapped since they "
+                "were made. Restore it from a backup (README: 'When the driver refuses to "
+                "start'); cryptvol never makes a new KEK over them"
+            )
         sealer = provider.sealer()
         kek, ref = provider.create(new_kek_id())
         record = KeySetRecord(
@@ -147,13 +163,16 @@ class KeyManager:
         *,
         lazy: bool = False,
         metrics: KeyMetrics | None = None,
+        adopt: bool = False,
     ) -> None:
         """Load the key set now. With `lazy`, a failure leaves the manager not ready (with the
         reason) instead of raising; `reload()` tries again. Without it, only an unreachable
         store is tolerated: missing or corrupt KEK material raises FailedPrecondition.
-        `metrics` records on the process's registry (a private one when not given)."""
+        `metrics` records on the process's registry (a private one when not given). `adopt`
+        makes a first KEK even over a provider that holds KEKs (see `load_key_set`)."""
         self.store = store
         self.provider = provider
+        self._adopt = adopt
         self.metrics = metrics if metrics is not None else KeyMetrics()
         self._lock = threading.Lock()
         self._loaded: LoadedKeySet | None = None
@@ -179,7 +198,7 @@ class KeyManager:
         """Load the key set from the store again; on failure keep the last good one, if any."""
         with self._lock:
             try:
-                loaded = load_key_set(self.store, self.provider)
+                loaded = load_key_set(self.store, self.provider, over_held=self._adopt)
             except CryptvolError as exc:
                 if self._loaded is None:
                     self._reason = f"the key set is not loaded: {exc}"

@@ -255,3 +255,28 @@ def test_a_listen_path_naming_a_regular_file_is_refused_and_kept(tmp_path: Path)
     assert result.returncode == 1 and "is a regular file, not a unix socket" in result.stderr
     assert victim.read_text() == "precious"
     assert not (tmp_path / "s").exists()  # refused before any key was made
+
+
+def test_a_plugin_over_an_emptied_store_makes_no_new_key_and_says_why(plugin: RunningKms
+                                                                       ) -> None:
+    """The Secrets a cluster wrote are wrapped by the KEKs in the KEK file: a plugin that
+    made a first KEK over an emptied store would answer "ok" and lose them all."""
+    assert plugin.client is not None
+    assert plugin.client.status().healthz == "ok"
+    assert plugin.stop() == 0
+    state = plugin.work / "state"
+    kek_file = (state / "kek.json").read_bytes()
+    os.truncate(state / "cryptvol.db", 0)
+    client = plugin.start(wait=False)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            status = client.status()
+            break
+        except grpc.RpcError:
+            assert time.monotonic() < deadline, plugin.log_text()
+            time.sleep(0.2)
+    assert status.healthz != "ok"
+    assert "holds no key set, but local file" in status.healthz
+    assert "holds 1 KEK(s)" in status.healthz and "Restore it from a backup" in status.healthz
+    assert (state / "kek.json").read_bytes() == kek_file
