@@ -129,10 +129,26 @@ class RunningDriver:
         log.close()
         self.client = CsiClient(self.endpoint)
         if self.role == "controller" or dm_crypt_available():
-            self.client.wait_ready(180)
+            self._wait_ready(180)
         else:
             self.wait_settled_not_ready(180)
         return self.client
+
+    def _wait_ready(self, timeout: float) -> None:
+        """Wait for Probe ready; a driver that exits meanwhile (it refused to start) fails
+        at once, with what it said."""
+        assert self.client is not None and self.proc is not None
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                said = "\n".join(self.log_lines()[self._log_mark:][-20:])
+                raise RuntimeError(f"the driver exited with {self.proc.returncode}:\n{said}")
+            try:
+                self.client.wait_ready(min(2.0, max(0.1, deadline - time.monotonic())))
+                return
+            except TimeoutError:
+                if time.monotonic() >= deadline:
+                    raise
 
     def start_refused(self, *more: str) -> subprocess.CompletedProcess[str]:
         """Run `cryptvol serve` expecting it to refuse to start: its exit and output, at the

@@ -36,6 +36,14 @@ class ZfsTestPool:
         """A `--pool` value for a driver: NAME=zfs:DATASET."""
         return f"{name}=zfs:{self.encrypted if encrypted else self.plain}"
 
+    def dataset_of_its_own(self, label: str) -> str:
+        """A new plain dataset beside the two, for a driver that lives beside others: each
+        driver's store marks its pools as its own (`io.cryptvol:store-id`), and refuses a
+        pool another store marked."""
+        name = f"{self.zpool}/{label}"
+        zfs("create", "-p", name)
+        return name
+
     def new_key(self, label: str) -> Path:
         """A fresh 32-byte raw key file (keyformat=raw) for another encryption root."""
         path = self.work / f"{label}.key"

@@ -57,7 +57,7 @@ def driver(tmp_path_factory, kata, thin_pool, zfs_pool):
     running = RunningDriver(work, pool_args=[
         "--pool", f"{POOLS['loop']}=loop:{work / 'pool'}",
         "--pool", f"{POOLS['lvmthin']}=lvmthin:{thin_pool}/pool",
-        "--pool", zfs_pool.spec(POOLS["zfs"]),
+        "--pool", f"{POOLS['zfs']}=zfs:{zfs_pool.dataset_of_its_own('session')}",
         "--pool", f"{TINY}=loop:{tiny}",
     ], extra_args=[
         "--overcommit-ratio", "4",

@@ -11,6 +11,7 @@ import pytest
 
 from cryptvol.csi.client import CsiClient
 from cryptvol.csi.gen import csi_pb2 as pb
+from cryptvol.pools.zfs import STORE_PROPERTY
 from cryptvol.pools.zvol_devices import ZvolDevices
 from support.co import MIB, capability, create_volume
 from support.driver import RunningDriver
@@ -38,6 +39,9 @@ def zfs_driver(tmp_path_factory: pytest.TempPathFactory, zfs_pool: ZfsTestPool,
     running.start()
     yield running
     running.stop()
+    # Its store marked the two shared datasets as its own; later tests start other stores.
+    for dataset in (zfs_pool.plain, zfs_pool.encrypted):
+        zfs("inherit", STORE_PROPERTY, dataset)
 
 
 @pytest.mark.parametrize(("pool", "kind"), [("z", "ext4"), ("ze", "block")])
