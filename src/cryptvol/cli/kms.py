@@ -59,9 +59,10 @@ def serve_command(config: KeysConfig, listen: str, name: str | None, metrics_add
     from cryptvol.keys.usage import KekUsage
     from cryptvol.kms.server import KmsServer
     from cryptvol.rpc.endpoint import claim_socket, socket_path
-    from cryptvol.rpc.server import wait_for_stop_signal
     from cryptvol.system.metrics import new_registry, parse_address, serve_metrics
+    from cryptvol.system.signals import StopSignals
 
+    stop_signals = StopSignals()
     logs.configure(log_json, log_level)
     name = name or f"kms-{socket.gethostname()}"
     # Flags that cannot work are refused before anything starts or is written.
@@ -82,7 +83,7 @@ def serve_command(config: KeysConfig, listen: str, name: str | None, metrics_add
     server.start()
     replica.start()
     log.info("kms replica started", extra={"replica": name, "keys": config.describe()})
-    log.info("draining", extra={"signal": wait_for_stop_signal()})
+    log.info("draining", extra={"signal": stop_signals.wait()})
     server.stop(grace_seconds)
     replica.stop()
     try:

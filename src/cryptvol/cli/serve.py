@@ -103,13 +103,14 @@ def serve_command(**options: Any) -> None:
     from cryptvol.engine.driver import Driver, DriverSettings
     from cryptvol.keys.config import KeysConfig
     from cryptvol.rpc.endpoint import claim_socket, socket_path
-    from cryptvol.rpc.server import wait_for_stop_signal
     from cryptvol.system import logs
     from cryptvol.system.metrics import new_registry, serve_metrics
+    from cryptvol.system.signals import StopSignals
 
     # A driver that does not stop can be asked where it is: SIGUSR1 writes every thread's
     # stack to stderr (the log), and nothing else.
     faulthandler.register(signal.SIGUSR1, all_threads=True)
+    stop_signals = StopSignals()
     settings = settings_from(options)
     pools = settings.pool_specs()
     kata = settings.kata_settings()
@@ -141,7 +142,7 @@ def serve_command(**options: Any) -> None:
         if metrics is not None:
             metrics.stop()
         raise
-    log.info("draining", extra={"signal": wait_for_stop_signal()})
+    log.info("draining", extra={"signal": stop_signals.wait()})
     server.stop(settings.grace_seconds)
     if metrics is not None:
         metrics.stop()

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
 import socket
 import threading
 import time
@@ -38,6 +37,7 @@ from cryptvol.keys.replicas import NOT_READY, REPLICA_PREFIX, ReplicaReport
 from cryptvol.keys.rotation import deks_per_kek
 from cryptvol.keys.status import read_cursor
 from cryptvol.system.metrics import new_registry
+from cryptvol.system.signals import StopSignals
 
 log = logging.getLogger(__name__)
 
@@ -309,15 +309,13 @@ def run_replica(
     ttl: float = DEFAULT_TTL,
 ) -> int:
     """The key-manager process: runs until SIGTERM or SIGINT, then exits 0."""
+    stop_signals = StopSignals()
     store, manager = open_keys(config, lazy=True, metrics=KeyMetrics(new_registry()))
     replica = Replica(manager, name, interval=interval, ttl=ttl)
     server = serve_health(replica, *health) if health else None
-    done = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: done.set())
     log.info("replica %s starting (%s)", name, config.describe())
     replica.start()
-    done.wait()
+    stop_signals.wait()
     replica.stop()
     if server is not None:
         server.shutdown()

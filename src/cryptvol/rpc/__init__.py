@@ -4,5 +4,5 @@
 - `status`: the one table from cryptvol's errors to gRPC status codes.
 - `interceptor`: one log line per RPC, errors turned into codes, request metrics.
 - `metrics`: the request counters and latency histograms, on a registry passed in.
-- `server`: start, stop with a drain, and the wait for SIGTERM.
+- `server`: start, and stop with a drain (`system.signals` waits for the SIGTERM).
 """

@@ -1,4 +1,5 @@
-"""A gRPC server on a unix socket: claim the socket, start, drain on SIGTERM, stop.
+"""A gRPC server on a unix socket: claim the socket, start, drain, stop (on the SIGTERM
+that `system.signals` waits for).
 
 The CSI driver and the KMS plugin both run one; each adds its servicers to `grpc`.
 """
@@ -8,8 +9,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import signal
-import threading
 from concurrent import futures
 
 import grpc
@@ -66,18 +65,3 @@ class RpcServer:
 
     def wait(self) -> None:
         self.grpc.wait_for_termination()
-
-
-def wait_for_stop_signal() -> str:
-    """Block until SIGTERM or SIGINT arrives; return its name. Call from the main thread."""
-    received: list[str] = []
-    stopping = threading.Event()
-
-    def on_signal(signum: int, _frame: object) -> None:
-        received.append(signal.Signals(signum).name)
-        stopping.set()
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, on_signal)
-    stopping.wait()
-    return received[0]

@@ -1,0 +1,33 @@
+"""SIGTERM and SIGINT for long-running commands: caught from the start, waited for safely."""
+
+from __future__ import annotations
+
+import signal
+import threading
+
+# How often the waiting main thread wakes up. Python runs a signal's handler in the main
+# thread between bytecodes; when the kernel hands the signal to another thread (gRPC's own,
+# say), a main thread blocked for good in a lock never gets to run it. Seen: a driver that
+# outlived its SIGTERM.
+_WAKE_SECONDS = 0.2
+
+
+class StopSignals:
+    """Catches SIGTERM and SIGINT from the moment it is made, so one that arrives while the
+    process is still starting is kept for `wait`, not fatal. Make it in the main thread."""
+
+    def __init__(self) -> None:
+        self._received: list[str] = []
+        self._stopping = threading.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        self._received.append(signal.Signals(signum).name)
+        self._stopping.set()
+
+    def wait(self) -> str:
+        """Block until one arrives; return its name."""
+        while not self._stopping.wait(_WAKE_SECONDS):
+            pass
+        return self._received[0]
