@@ -114,7 +114,10 @@ class Plain:
 
 @contextmanager
 def running_driver(work: Path, log_level: str = "info") -> Iterator[RunningDriver]:
-    driver = RunningDriver(work / "driver", log_level=log_level)
+    # The volumes are sparse and mostly empty; the VM's tmpfs pool holds 64 of them only
+    # when the driver may promise more than its size.
+    driver = RunningDriver(work / "driver", log_level=log_level,
+                           extra_args=["--overcommit-ratio", "4"])
     driver.work.mkdir(exist_ok=True)  # a restart finds its state there
     driver.start()
     try:
