@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
@@ -159,7 +160,9 @@ class LoopProvisioner:
         occupied = 0
         for entry in os.scandir(self.pool_dir):
             if entry.name.endswith(_IMAGE) and entry.is_file(follow_symlinks=False):
-                occupied += entry.stat(follow_symlinks=False).st_blocks * 512
+                # A DeleteVolume beside this call may have removed it since the listing.
+                with contextlib.suppress(FileNotFoundError):
+                    occupied += entry.stat(follow_symlinks=False).st_blocks * 512
         return PoolSpace(total_bytes=occupied + usage.free, free_bytes=usage.free)
 
     def volume_ids(self) -> list[str]:

@@ -55,3 +55,23 @@ def test_the_store_marker_is_private_and_kept(tmp_path: Path) -> None:
     assert pool.store_marker() == "store-1"
     assert (tmp_path / "pool" / MARKER_FILE).stat().st_mode & 0o777 == 0o600
     assert open_pool("p", str(tmp_path / "pool")).provisioner.store_marker() == "store-1"
+
+
+def test_the_pool_size_is_read_while_volumes_are_deleted(tmp_path: Path, monkeypatch) -> None:
+    """Seen under 8 concurrent create+delete clients: CreateVolume failed INTERNAL
+    (FileNotFoundError) when a file listed by the size scan was deleted before its stat.
+    The listing is made to lose that race every time."""
+    import cryptvol.pools.loop as loop
+
+    pool = open_pool("p", str(tmp_path / "pool")).provisioner
+    pool.create("cv-a", MIB)
+    pool.create("cv-b", MIB)
+    listed = os.scandir
+
+    def scandir_then_delete(path):  # type: ignore[no-untyped-def]
+        entries = list(listed(path))
+        pool.delete("cv-a")  # between the listing and each entry's stat
+        return iter(entries)
+
+    monkeypatch.setattr(loop.os, "scandir", scandir_then_delete)
+    assert pool.space().total_bytes > 0
