@@ -27,6 +27,7 @@ import grpc
 from cryptvol.csi.client import CsiClient
 from cryptvol.csi.gen import csi_pb2
 from cryptvol.vm import dm_crypt_available
+from support.processes import stop_server
 
 NOT_READY_WITHOUT_DM_CRYPT = "not ready: the node service cannot open a dm-crypt mapping"
 
@@ -192,19 +193,7 @@ class RunningDriver:
             self.client = None
         if self.proc is None:
             return 0
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                return self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                # Where it hangs goes to its log; then it must not outlive the test.
-                self.proc.send_signal(signal.SIGUSR1)
-                time.sleep(2)
-                self.proc.kill()
-                self.proc.wait()
-                tail = "\n".join(self.log_lines()[-60:])
-                raise AssertionError(f"the driver did not stop on SIGTERM:\n{tail}") from None
-        return self.proc.returncode
+        return stop_server(self.proc, "the driver", lambda: "\n".join(self.log_lines()[-60:]))
 
     def restart(self, failpoints: str = "") -> CsiClient:
         self.stop()

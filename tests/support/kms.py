@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptvol.kms.client import KmsClient
+from support.processes import stop_server
 
 
 def keys_cli(
@@ -71,11 +72,7 @@ class RunningKms:
             self.client = None
         if self.proc is None:
             return 0
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            code = self.proc.wait(60)
-        else:
-            code = self.proc.returncode
+        code = stop_server(self.proc, "the KMS plugin", lambda: self.log_text()[-6000:])
         self.proc = None
         return code
 

@@ -1,5 +1,6 @@
 """system.signals.StopSignals: a SIGTERM is seen whichever thread the kernel hands it to."""
 
+import faulthandler
 import signal
 import threading
 import time
@@ -15,6 +16,7 @@ def own_handlers():
     yield
     for sig, handler in saved.items():
         signal.signal(sig, handler)
+    faulthandler.unregister(signal.SIGUSR1)
 
 
 def test_a_sigterm_delivered_to_another_thread_ends_the_wait(own_handlers):
@@ -43,3 +45,11 @@ def test_a_signal_during_start_up_is_kept_for_the_wait(own_handlers):
     signals = StopSignals()
     signal.raise_signal(signal.SIGINT)
     assert signals.wait() == "SIGINT"
+
+
+def test_sigusr1_dumps_the_stacks_and_stops_nothing(own_handlers, capfd):
+    signals = StopSignals()
+    signal.raise_signal(signal.SIGUSR1)
+    assert "test_sigusr1_dumps_the_stacks_and_stops_nothing" in capfd.readouterr().err
+    signal.raise_signal(signal.SIGTERM)
+    assert signals.wait() == "SIGTERM"

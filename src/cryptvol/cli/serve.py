@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import faulthandler
 import logging
-import signal
 from pathlib import Path
 from typing import Any
 
@@ -107,9 +105,6 @@ def serve_command(**options: Any) -> None:
     from cryptvol.system.metrics import new_registry, serve_metrics
     from cryptvol.system.signals import StopSignals
 
-    # A driver that does not stop can be asked where it is: SIGUSR1 writes every thread's
-    # stack to stderr (the log), and nothing else.
-    faulthandler.register(signal.SIGUSR1, all_threads=True)
     stop_signals = StopSignals()
     settings = settings_from(options)
     pools = settings.pool_specs()

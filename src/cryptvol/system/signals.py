@@ -1,7 +1,9 @@
-"""SIGTERM and SIGINT for long-running commands: caught from the start, waited for safely."""
+"""Signals for long-running commands: SIGTERM and SIGINT caught from the start and waited
+for safely; SIGUSR1 for a stack dump."""
 
 from __future__ import annotations
 
+import faulthandler
 import signal
 import threading
 
@@ -14,9 +16,13 @@ _WAKE_SECONDS = 0.2
 
 class StopSignals:
     """Catches SIGTERM and SIGINT from the moment it is made, so one that arrives while the
-    process is still starting is kept for `wait`, not fatal. Make it in the main thread."""
+    process is still starting is kept for `wait`, not fatal. Make it in the main thread.
+
+    A server that does not stop can then be asked where it is: SIGUSR1 writes every
+    thread's stack to stderr (its log), and does nothing else."""
 
     def __init__(self) -> None:
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
         self._received: list[str] = []
         self._stopping = threading.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
