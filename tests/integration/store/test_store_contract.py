@@ -170,3 +170,20 @@ def test_etcd_over_tls_with_a_client_certificate(tmp_path: Path) -> None:
             no_client_cert.get("/tls")
     finally:
         cluster.stop()
+
+
+def test_a_transaction_as_large_as_the_store_allows_compares_and_writes_every_key(
+    store: Store,
+) -> None:
+    """Reencrypt's batches: as many compares and puts as one transaction takes."""
+    n = int(getattr(store, "max_txn_ops", 128)) - 1
+    keys = [f"/big/{i:04d}" for i in range(n)]
+    assert store.txn([Compare(k, 0) for k in keys], [Put(k, b"1") for k in keys])
+    entries = store.range("/big/")
+    assert len(entries) == n
+    stale = [Compare(e.key, e.revision) for e in entries]
+    stale[-1] = Compare(entries[-1].key, entries[-1].revision + 1)
+    assert not store.txn(stale, [Put(e.key, b"2") for e in entries])
+    assert {e.value for e in store.range("/big/")} == {b"1"}
+    assert store.txn([Compare(e.key, e.revision) for e in entries], [Delete(k) for k in keys])
+    assert store.range("/big/") == []
