@@ -14,7 +14,7 @@ import json
 import os
 import re
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidTag
@@ -166,39 +166,65 @@ def rewrap(
     raw: bytes, volume_id: str, find_kek: Callable[[str], Kek], current: Kek
 ) -> bytes | None:
     """The envelope `raw` of `volume_id` wrapped under `current` instead, or None when it
-    already is. Reencrypt does this 100,000 times in a row: the exact layout `to_bytes`
-    writes is handled without building an Envelope or a Secret per key (a third of the cost);
-    any other layout, and every error, takes the path of `unwrap` and `wrap`."""
-    m = _EXACT.fullmatch(raw)
-    if m is not None:
-        kek_id = m.group(1).decode()
-        if kek_id == current.id:
-            return None
-        try:
-            nonce = binascii.a2b_base64(m.group(2), strict_mode=True)
-            ciphertext = binascii.a2b_base64(m.group(3), strict_mode=True)
-        except binascii.Error:
-            nonce = b""
-        if len(nonce) == NONCE_BYTES:
-            associated = volume_id.encode()
+    already is."""
+    return rewrap_many([(volume_id, raw)], find_kek, current)[0]
+
+
+def rewrap_many(
+    items: Sequence[tuple[str, bytes]], find_kek: Callable[[str], Kek], current: Kek
+) -> list[bytes | None]:
+    """For each (volume id, envelope) pair, the envelope wrapped under `current` instead, or
+    None when it already is.
+
+    Reencrypt does this 100,000 times in a row, so a batch shares what the keys have in
+    common: the exact layout `to_bytes` writes is handled without building an Envelope or a
+    Secret per key, the KEKs are looked up once per batch, and the batch's nonces come from
+    one read of OS randomness (each still 96 fresh random bits used once). Any other layout,
+    and every error, takes the path of `unwrap` and `wrap`, and its precise message."""
+    out: list[bytes | None] = []
+    fresh = os.urandom(NONCE_BYTES * len(items))
+    seal = current.aead.encrypt
+    current_id = current.id
+    current_raw = current_id.encode()
+    head = b'{"v":%d,"kek":%s,"nonce":"' % (VERSION, _json_str(current_id))
+    keks: dict[bytes, Kek] = {}
+    match, a2b, b2a = _EXACT.fullmatch, binascii.a2b_base64, binascii.b2a_base64
+    for at, (volume_id, raw) in enumerate(items):
+        m = match(raw)
+        if m is not None:
+            kek_raw, nonce_b64, ct_b64 = m.groups()
+            if kek_raw == current_raw:
+                out.append(None)
+                continue
             try:
-                dek = find_kek(kek_id).aead.decrypt(nonce, ciphertext, associated)
-            except InvalidTag:
-                pass  # the slow path below says so, in its words
-            else:
-                fresh = _nonces.take()
-                return b'{"v":%d,"kek":%s,"nonce":"%s","ct":"%s"}' % (
-                    VERSION,
-                    _json_str(current.id),
-                    binascii.b2a_base64(fresh, newline=False),
-                    binascii.b2a_base64(
-                        current.aead.encrypt(fresh, dek, associated), newline=False
-                    ),
-                )
-    env = Envelope.from_bytes(raw, what=f"volume {volume_id}")
-    if env.kek_id == current.id:
-        return None
-    return wrap(current, open_envelope(env, volume_id, find_kek(env.kek_id)), volume_id)
+                nonce = a2b(nonce_b64, strict_mode=True)
+                ciphertext = a2b(ct_b64, strict_mode=True)
+            except binascii.Error:
+                nonce = b""
+            if len(nonce) == NONCE_BYTES:
+                kek = keks.get(kek_raw) or keks.setdefault(kek_raw, find_kek(kek_raw.decode()))
+                associated = volume_id.encode()
+                try:
+                    dek = kek.aead.decrypt(nonce, ciphertext, associated)
+                except InvalidTag:
+                    pass  # the slow path below says so, in its words
+                else:
+                    n = fresh[at * NONCE_BYTES : (at + 1) * NONCE_BYTES]
+                    out.append(
+                        head
+                        + b2a(n, newline=False)
+                        + b'","ct":"'
+                        + b2a(seal(n, dek, associated), newline=False)
+                        + b'"}'
+                    )
+                    continue
+        env = Envelope.from_bytes(raw, what=f"volume {volume_id}")
+        if env.kek_id == current_id:
+            out.append(None)
+        else:
+            dek_secret = open_envelope(env, volume_id, find_kek(env.kek_id))
+            out.append(wrap(current, dek_secret, volume_id))
+    return out
 
 
 def unwrap(raw: bytes, volume_id: str, find_kek: Callable[[str], Kek]) -> Secret:

@@ -238,7 +238,8 @@ class Rotation:
                 page = self.store.range(DEK_PREFIX, start_after=ahead.cursor, limit=batch * writers)
                 for at in range(0, len(page), batch):
                     entries = page[at : at + batch]
-                    changed = [(e, b) for e in entries if (b := self._rewrapped(e, loaded))]
+                    blobs = self._rewrapped(entries, loaded)
+                    changed = [(e, b) for e, b in zip(entries, blobs, strict=True) if b]
                     ahead = replace(
                         ahead,
                         cursor=entries[-1].key,
@@ -306,7 +307,7 @@ class Rotation:
             e = self.store.get(key)
             if e is None:
                 return False  # deleted meanwhile: never brought back
-            blob = self._rewrapped(e, loaded)
+            blob = self._rewrapped([e], loaded)[0]
             if blob is None:
                 return False
             if self.store.txn(
@@ -316,10 +317,14 @@ class Rotation:
             self._check_key_set(loaded)
         raise Aborted(f"the data key {key} kept changing during reencrypt; run it again")
 
-    def _rewrapped(self, e: Entry, loaded: LoadedKeySet) -> bytes | None:
-        """The DEK in `e` wrapped under the current KEK, or None if it already is."""
+    def _rewrapped(self, entries: list[Entry], loaded: LoadedKeySet) -> list[bytes | None]:
+        """Each DEK in `entries` wrapped under the current KEK, or None where it already is."""
         try:
-            return envelope.rewrap(e.value, e.key[len(DEK_PREFIX) :], loaded.find, loaded.current)
+            return envelope.rewrap_many(
+                [(e.key[len(DEK_PREFIX) :], e.value) for e in entries],
+                loaded.find,
+                loaded.current,
+            )
         except Exception:
             self.metrics.unwrap_errors.inc()
             raise

@@ -101,3 +101,35 @@ def test_nonces_never_repeat_across_threads_or_a_fork() -> None:
     parent = json.loads(envelope.wrap(KEK, Secret(b"k" * 32), "v"))["nonce"]
     seen += [child, parent]
     assert len(set(seen)) == len(seen) == 12002
+
+
+NEW = Kek("kek-b", Secret(os.urandom(32)), 0.0)
+
+
+def find_either(kek_id: str) -> Kek:
+    return {"kek-a": KEK, "kek-b": NEW}[kek_id]
+
+
+def test_a_batch_rewrap_moves_each_envelope_to_the_current_kek_in_any_layout() -> None:
+    deks = {f"pvc-{i}": Secret(os.urandom(32)) for i in range(4)}
+    exact = {v: envelope.wrap(KEK, d, v) for v, d in deks.items()}
+    # The same envelope in a layout the fast path does not take (spaces, other key order).
+    doc = json.loads(exact["pvc-2"])
+    reordered = {"ct": doc["ct"], "nonce": doc["nonce"], "kek": "kek-a", "v": 1}
+    exact["pvc-2"] = json.dumps(reordered).encode()
+    exact["pvc-3"] = envelope.wrap(NEW, deks["pvc-3"], "pvc-3")  # current already
+    out = envelope.rewrap_many(list(exact.items()), find_either, NEW)
+    assert out[3] is None
+    nonces = set()
+    for (volume, _), raw in zip(list(exact.items())[:3], out[:3], strict=True):
+        assert raw is not None and envelope.peek_kek_id(raw, what=volume) == "kek-b"
+        assert envelope.unwrap(raw, volume, find_either) == deks[volume]
+        nonces.add(json.loads(raw)["nonce"])
+    assert len(nonces) == 3
+
+
+def test_a_batch_rewrap_stops_at_an_envelope_of_another_volume_and_names_it() -> None:
+    good = envelope.wrap(KEK, Secret(os.urandom(32)), "pvc-1")
+    moved = envelope.wrap(KEK, Secret(os.urandom(32)), "pvc-1")  # copied to pvc-2's record
+    with pytest.raises(FailedPrecondition, match="volume pvc-2 does not unwrap"):
+        envelope.rewrap_many([("pvc-1", good), ("pvc-2", moved)], find_either, NEW)
