@@ -50,11 +50,9 @@ _CAUSES = (
     ("connection refused", "connection refused"),
     ("errors resolving", "cannot resolve the host name"),
     ("no route to host", "no route to host"),
-    ("certificate_verify_failed", "TLS: the member's certificate is not trusted"),
     ("tsi_data_corrupted", "TLS handshake refused by the member (does it want a client"
                            " certificate?)"),
     ("handshake read failed", "TLS handshake cut off (is the member plain http?)"),
-    ("tls handshake failed", "TLS handshake failed"),
     ("failed parsing http/2", "did not answer as etcd (not gRPC)"),
     ("socket closed", "closed the connection (is the member https?)"),
 )
@@ -148,7 +146,7 @@ class EtcdStore:
     def _connect(self, idx: int) -> _Member:
         grpc, _, stubs = _grpc()
         scheme, host, port = self.endpoints[idx]
-        target = f"{host}:{port}"
+        target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"  # IPv6 in brackets
         if scheme == "https":
             ca, cert, key = self._tls
             credentials = grpc.ssl_channel_credentials(
@@ -327,6 +325,9 @@ def _why(code: Any, details: str | None) -> str:
     if code.name == "DEADLINE_EXCEEDED":
         return "timed out"
     text = (details or "").lower()
+    if "tls handshake failed" in text:  # BoringSSL's reason: "certificate signature failure"
+        reason = re.search(r"OPENSSL_internal:\w+: ([^:]+)", details or "")
+        return f"TLS: {reason.group(1)}" if reason else "TLS handshake failed"
     for needle, words in _CAUSES:
         if needle in text:
             return words
