@@ -3,8 +3,9 @@ default), with stubs generated from cryptvol's own `store/proto/etcd.proto`.
 
 gRPC, not etcd's JSON gateway: the gateway turns every JSON request into protobuf and makes
 an internal gRPC hop, and re-wrapping 100,000 DEKs cost etcd 8.5 s of CPU that way against
-3.3 s over gRPC (bench/bench_rewrap.py). The price is importing grpc (about 60 ms), so the
-import waits until a store first talks to etcd: a command that never does never pays it.
+about 3.5 s over gRPC (bench/bench_rewrap.py). The price is importing grpc and protobuf
+(about 50 ms more for `keys status`), so the import waits until a store first talks to
+etcd: a command that never does never pays it.
 
 etcd already has what the `Store` contract asks for: one global revision, each key's
 `mod_revision`, multi-key transactions whose compares are checked atomically, ranges with a
