@@ -1,4 +1,5 @@
-"""Build hook: generate the gRPC stubs (CSI, KMS v2) from their .proto whenever the package is built.
+"""Build hook: generate the gRPC stubs (CSI, KMS v2, etcd) from their .proto whenever the
+package is built.
 
 All metadata lives in pyproject.toml. This file only swaps in a build_py that runs
 scripts/gen_proto.py first, which covers `pip install .` (wheel) and `pip install -e .`
@@ -20,6 +21,7 @@ ROOT = Path(__file__).resolve().parent
 GENERATED = {
     "cryptvol.csi.gen": ROOT / "src" / "cryptvol" / "csi" / "gen",
     "cryptvol.kms.gen": ROOT / "src" / "cryptvol" / "kms" / "gen",
+    "cryptvol.store.gen": ROOT / "src" / "cryptvol" / "store" / "gen",
 }
 
 

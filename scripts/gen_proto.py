@@ -4,7 +4,8 @@
 Run from anywhere: ``python scripts/gen_proto.py`` (``--force`` regenerates even when up to
 date). For each API in ``PROTOS`` it writes ``<name>_pb2.py``, ``<name>_pb2.pyi``,
 ``<name>_pb2_grpc.py`` and ``__init__.py`` into its ``gen/`` package (gitignored):
-``cryptvol.csi.gen.csi_pb2`` (CSI) and ``cryptvol.kms.gen.kms_pb2`` (Kubernetes KMS v2).
+``cryptvol.csi.gen.csi_pb2`` (CSI), ``cryptvol.kms.gen.kms_pb2`` (Kubernetes KMS v2) and
+``cryptvol.store.gen.etcd_pb2`` (the part of etcd's v3 API the store calls).
 
 setup.py imports this file too, so the same code runs for ``pip install .`` and
 ``pip install -e .``; it therefore uses only the standard library and grpc_tools.
@@ -61,7 +62,8 @@ class Proto:
 
 CSI = Proto("csi", "csi")
 KMS = Proto("kms", "kms")
-PROTOS = (CSI, KMS)
+ETCD = Proto("store", "etcd")
+PROTOS = (CSI, KMS, ETCD)
 
 
 def _init_text(proto: Proto) -> str:

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Install everything cryptvol needs on a Debian 12 machine, as root, idempotently:
 # the apt packages every part lists in scripts/*apt-packages.txt, a venv in .venv with the
-# pinned Python dependencies, and the gRPC stubs generated from the project's csi.proto and
-# kms.proto.
+# pinned Python dependencies, and the gRPC stubs generated from the project's csi.proto,
+# kms.proto and etcd.proto.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

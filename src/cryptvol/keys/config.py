@@ -85,7 +85,7 @@ def open_store(config: KeysConfig, *, readonly: bool = False, existing: bool = F
     there already (rotation); its absence is NotFound too.
     """
     if config.etcd_endpoints:
-        from cryptvol.store.etcd import EtcdStore  # its HTTP stack is slow to import
+        from cryptvol.store.etcd import EtcdStore  # only a store on etcd needs it
 
         return EtcdStore(
             config.etcd_endpoints,

@@ -1,4 +1,4 @@
-"""etcd errors are one short line per member: the cause, never urllib3's text."""
+"""etcd errors are one short line per member: the cause, never the transport's own text."""
 
 from __future__ import annotations
 
@@ -6,13 +6,15 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from cryptvol.errors import Unavailable
+from cryptvol.store.base import Put
 from cryptvol.store.etcd import EtcdStore
-from support.etcd_cluster import EtcdCluster
+from support.etcd_cluster import EtcdCluster, free_port
 
 
 def test_every_member_stopped_gives_one_line_naming_each_member_once(tmp_path: Path) -> None:
@@ -53,3 +55,29 @@ def test_a_member_that_never_answers_times_out_in_few_words() -> None:
         with pytest.raises(Unavailable) as info:
             store.get("/x")
     assert str(info.value) == f"etcd cannot be reached: 127.0.0.1:{port}: timed out"
+
+
+def test_a_member_that_is_down_is_skipped_and_a_restarted_one_serves_again_at_once(
+    tmp_path: Path,
+) -> None:
+    cluster = EtcdCluster(tmp_path / "etcd").start()
+    try:
+        store = EtcdStore(f"127.0.0.1:{free_port()},{cluster.endpoints}", timeout=1)
+        assert store.txn([], [Put("/k", b"v")])
+        assert store.get("/k") is not None
+        member = cluster.members[0]
+        cluster.stop_member(member)
+        with pytest.raises(Unavailable, match="connection refused"):
+            store.get("/k")
+        cluster.start_member(member)
+        restarted = time.monotonic()
+        while True:
+            try:
+                assert store.get("/k") is not None
+                break
+            except Unavailable:
+                assert time.monotonic() - restarted < 2.5, "still refused after the restart"
+                time.sleep(0.1)
+        store.close()
+    finally:
+        cluster.stop()
