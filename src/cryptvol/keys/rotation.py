@@ -229,13 +229,15 @@ class Rotation:
             state = ReencryptState("", 0, self.store.count(DEK_PREFIX), 0, target, now, now)
             cursor_rev = self._save_cursor(loaded, state, 0)
         writers = max(1, int(getattr(self.store, "concurrent_writers", 2)))
+        read = max(batch * writers, int(getattr(self.store, "range_page", 0)))
         pending: deque[tuple[Future[None], ReencryptState]] = deque()
         last_save = time.monotonic()
         ahead = state
         with ThreadPoolExecutor(writers, thread_name_prefix="reencrypt") as pool:
             while True:
-                # One read feeds every writer; each batch is one transaction.
-                page = self.store.range(DEK_PREFIX, start_after=ahead.cursor, limit=batch * writers)
+                # One read feeds every writer (more when the store reads cheaper in larger
+                # pages); each batch is one transaction.
+                page = self.store.range(DEK_PREFIX, start_after=ahead.cursor, limit=read)
                 for at in range(0, len(page), batch):
                     entries = page[at : at + batch]
                     blobs = self._rewrapped(entries, loaded)

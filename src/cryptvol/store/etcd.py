@@ -37,7 +37,9 @@ from cryptvol.store.base import Compare, Delete, Entry, Put, prefix_end
 
 # etcd refuses a transaction with more compares or more ops than --max-txn-ops (128 default).
 DEFAULT_MAX_TXN_OPS = 128
-_PAGE = 1000
+# etcd (3.4) walks its index to the end of the range on every Range call, whatever the
+# limit: reading 100,000 keys cost it 1.6 s of CPU in pages of 500 and 0.3 s in pages of 5,000.
+_PAGE = 5000
 _CHANNEL_OPTIONS = (
     # A restarted member is tried again within a second, not after gRPC's default backoff
     # (which grows to two minutes).
@@ -127,6 +129,9 @@ class EtcdStore:
         # etcd commits concurrent proposals in one raft round and fsync; bulk writers
         # (reencrypt) keep this many transactions in flight.
         self.concurrent_writers = 4
+        # Bulk readers (reencrypt) read this many keys per range and cut them into
+        # transactions themselves: see _PAGE.
+        self.range_page = _PAGE
         self._members: dict[int, _Member] = {}
         self._lock = threading.Lock()
         self._preferred = 0  # index of the last member that answered; tried first next time
