@@ -40,6 +40,10 @@ DEFAULT_MAX_TXN_OPS = 128
 # etcd (3.4) walks its index to the end of the range on every Range call, whatever the
 # limit: reading 100,000 keys cost it 1.6 s of CPU in pages of 500 and 0.3 s in pages of 5,000.
 _PAGE = 5000
+# A physical compaction deletes old revisions 1,000 at a time and pauses 10 ms between
+# batches (etcd's default pacing): 2.4 s for 100,000 re-wrapped DEKs here, so a million
+# would outlast an ordinary request's timeout.
+_COMPACT_TIMEOUT = 300.0
 _CHANNEL_OPTIONS = (
     # A restarted member is tried again within a second, not after gRPC's default backoff
     # (which grows to two minutes).
@@ -310,7 +314,10 @@ class EtcdStore:
         _, pb, _ = _grpc()
         compact = pb.CompactionRequest(revision=self.revision(), physical=True)
         try:
-            self._call("Compact", lambda m: m.kv.Compact(compact, timeout=self.timeout))
+            self._call(
+                "Compact",
+                lambda m: m.kv.Compact(compact, timeout=max(self.timeout, _COMPACT_TIMEOUT)),
+            )
         except Internal as exc:
             if "required revision has been compacted" not in str(exc):
                 raise  # else: another client compacted as far or further meanwhile
