@@ -13,7 +13,9 @@ every write queued by then in one SQLite transaction, each with its own compares
 revision, in queue order, and one fsync (`synchronous = FULL`) makes them all durable before
 any of their callers returns. So N concurrent RPCs cost one fsync, not N, and nothing is
 acknowledged before it is on disk. `forget_history` requests queue the same way: one WAL
-checkpoint, run after the batch it came with committed, serves every request in it.
+checkpoint, run after the batch it came with committed, serves every request in it; and a
+transaction may carry the request (`txn_then_forget`), so a shred's last write and the
+checkpoint after it cost its caller one wait, not two.
 Reads use a small pool of connections of their own: in WAL mode a read never waits for a
 writer, and sees every write committed before it began.
 
@@ -74,12 +76,14 @@ SCHEMA_VERSION = len(MIGRATIONS)
 
 @dataclass(eq=False)
 class _Write:
-    """One caller's transaction (or, with `checkpoint`, its forget_history) in the queue."""
+    """One caller's transaction (or, with `checkpoint`, its forget_history) in the queue;
+    with `then_forget`, the transaction waits for the checkpoint after its commit too."""
 
     compares: Sequence[Compare] = ()
     ops: Sequence[Put | Delete] = ()
     ttl: float | None = None
     checkpoint: bool = False
+    then_forget: bool = False
     done: bool = False
     applied: bool = False
     error: BaseException | None = None
@@ -269,6 +273,11 @@ class SqliteStore:
     def txn(self, compares: Sequence[Compare], ops: Sequence[Put | Delete]) -> bool:
         return self._write(compares, ops, ttl=None)
 
+    def txn_then_forget(self, compares: Sequence[Compare], ops: Sequence[Put | Delete]) -> bool:
+        """`txn`, then `forget_history`, in one trip through the queue: the checkpoint runs
+        after the batch holding this transaction committed, before its caller returns."""
+        return self._write(compares, ops, ttl=None, then_forget=True)
+
     def put_lease(self, key: str, value: bytes, ttl: float) -> None:
         if ttl <= 0:
             raise ValueError("a lease needs a positive time-to-live")
@@ -278,11 +287,12 @@ class SqliteStore:
         self._write((), (Delete(key),), ttl=None)
 
     def _write(
-        self, compares: Sequence[Compare], ops: Sequence[Put | Delete], *, ttl: float | None
+        self, compares: Sequence[Compare], ops: Sequence[Put | Delete], *, ttl: float | None,
+        then_forget: bool = False,
     ) -> bool:
         if len({op.key for op in ops}) != len(ops):
             raise InvalidArgument("a transaction may change each key at most once")  # as etcd
-        return self._queued(_Write(compares, ops, ttl))
+        return self._queued(_Write(compares, ops, ttl, then_forget=then_forget))
 
     def _queued(self, write: _Write) -> bool:
         """Queue `write` and wait until a commit has applied (or refused) it durably. A
@@ -317,7 +327,7 @@ class SqliteStore:
         """Apply every transaction of `batch` in order in one SQLite transaction (one fsync),
         then run one checkpoint if any asked for one; mark each done and wake its caller."""
         txns = [w for w in batch if not w.checkpoint]
-        checkpoints = [w for w in batch if w.checkpoint]
+        checkpoints = [w for w in batch if w.checkpoint or w.then_forget]
         for part, run in ((txns, self._apply), (checkpoints, self._checkpoint)):
             if not part:
                 continue
@@ -325,7 +335,9 @@ class SqliteStore:
                 self._guard(lambda: run(part))  # noqa: B023 - called at once
             except BaseException as exc:
                 for w in part:
-                    w.applied, w.error = False, exc
+                    # A transaction committed before its checkpoint failed stays applied.
+                    w.applied = w.applied and part is checkpoints
+                    w.error = w.error or exc
         for w in batch:
             w.done = True
             w.wake.release()

@@ -205,3 +205,27 @@ def test_concurrent_forget_history_requests_share_one_checkpoint(
     for t in threads:
         t.join(30)
     assert checkpoints == [1, 5]
+
+
+def test_a_transaction_that_forgets_returns_once_what_it_deleted_left_the_files(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secret = b"wrapped-key-bytes-" + bytes(range(32))
+    assert store.txn([], [Put("/deks/v", secret), Put("/records/v", b"r")])
+    files = store.path.parent.glob(store.path.name + "*")
+    assert any(secret in p.read_bytes() for p in files)
+    checkpoints: list[int] = []
+    checkpoint = store._checkpoint
+
+    def counted(requests: list) -> None:  # type: ignore[type-arg]
+        checkpoints.append(len(requests))
+        checkpoint(requests)
+
+    monkeypatch.setattr(store, "_checkpoint", counted)
+    assert store.txn([], [Delete("/deks/v")])  # a shred's first write: no checkpoint yet
+    assert checkpoints == []
+    assert store.txn_then_forget([Compare("/records/v", 1)], [Delete("/records/v")])
+    assert checkpoints == [1]
+    assert store.get("/records/v") is None
+    files = store.path.parent.glob(store.path.name + "*")
+    assert not any(secret in p.read_bytes() for p in files)
