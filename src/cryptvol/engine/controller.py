@@ -270,7 +270,7 @@ class ControllerEngine:
         except NotFound:
             self.keys.delete_dek(record.id)
             self._pool(record).provisioner.delete(record.id)
-            self.volumes.remove(record, forget_history=True)
+            self.volumes.remove(record)
             raise
         if record.key_source == "managed":
             self.keys.copy_dek(origin.key_id, record.id)

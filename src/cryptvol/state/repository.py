@@ -13,7 +13,7 @@ from typing import Generic, TypeVar
 from cryptvol.errors import Aborted, NotFound
 from cryptvol.state.layout import SNAPSHOTS, VOLUMES, RecordLayout
 from cryptvol.state.records import Record, SnapshotRecord, VolumeRecord, encode
-from cryptvol.store.base import Compare, Delete, Put, Store, txn_then_forget
+from cryptvol.store.base import Compare, Delete, Entry, Put, Store, txn_then_forget
 
 _CAS_ATTEMPTS = 20
 
@@ -99,6 +99,14 @@ class Repository(Generic[R]):
 
     def all(self) -> list[R]:
         return self.page("", 0)
+
+    def all_entries(self) -> list[Entry]:
+        """Every record as stored, undecoded: for a caller that keeps what it derives from
+        each (by key and revision) instead of decoding every record on every scan."""
+        return self.store.range(self.layout.records)
+
+    def decode(self, entry: Entry) -> R:
+        return self._decode(entry.value)
 
     def page_where(self, start_after: str, limit: int, keep: Callable[[R], bool]
                    ) -> tuple[list[R], str]:
