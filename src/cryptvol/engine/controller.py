@@ -6,6 +6,7 @@ cut short by a crash finishes when the container orchestrator retries it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from cryptvol.engine.types import AccessType, Capability
 from cryptvol.errors import (
     Aborted,
     AlreadyExists,
+    CryptvolError,
     FailedPrecondition,
     Internal,
     InvalidArgument,
@@ -122,6 +124,7 @@ class ControllerEngine:
         volume_id = volume_id_for(req.name)
         with self.locks.hold(volume_id, "CreateVolume"):
             existing = self.volumes.get(volume_id)
+            key_stored = False  # whether this call committed a new DEK with the record
             if existing is None:
                 # Decided once, for a new volume: a retry finds the choice in the record.
                 trigger = self.direct.at_create(params.kata_direct, req.parameters)
@@ -148,6 +151,7 @@ class ControllerEngine:
                                          "LUKS2 header"):
                     inserted = self.volumes.insert(record, with_compares=compares,
                                                    with_ops=ops)
+                    key_stored = inserted and bool(ops)
                     if not inserted and ops:
                         inserted = self.volumes.insert(record)
                 if not inserted:
@@ -167,7 +171,7 @@ class ControllerEngine:
                     f"volume {quoted(req.name)} is being deleted; retry once DeleteVolume finished"
                 )
             if existing.state == "creating":
-                existing = self._finish_create(existing)
+                existing = self._finish_create(existing, key_stored)
             return self._info(existing)
 
     def _new_record(self, volume_id: str, name: str, capacity: int, params: VolumeParameters,
@@ -239,7 +243,9 @@ class ControllerEngine:
                 "LUKS2 header"
             )
 
-    def _finish_create(self, record: VolumeRecord) -> VolumeRecord:
+    def _finish_create(self, record: VolumeRecord, key_stored: bool = False) -> VolumeRecord:
+        """Make what the record promises, then mark it ready. `key_stored`: this call
+        committed the volume's new DEK with its record, so there is no key to make."""
         failpoints.reached("create:after-record")
         provisioner = self._pool(record).provisioner
         if record.content_source is not None:
@@ -247,7 +253,7 @@ class ControllerEngine:
         else:
             provisioner.create(record.id, record.backing_bytes)
             failpoints.reached("create:after-backing")
-            if record.key_source == "managed":
+            if record.key_source == "managed" and not key_stored:
                 self.keys.create_dek(record.id)
 
         def mark_ready(r: VolumeRecord) -> VolumeRecord:
@@ -359,7 +365,10 @@ class ControllerEngine:
             record = self.volumes.get(volume_id)
             if record is None:
                 # The record is written before anything else and removed last: without it
-                # nothing of this volume is left.
+                # nothing of this volume is left but, after a crash between the commit that
+                # removed it and the forgetting after it, its key's bytes in the store's
+                # history. Forget them again: an OK means they are gone.
+                self.keys.forget_shredded()
                 return
             provisioner = self._pool(record).provisioner
             if provisioner.in_use(volume_id):
@@ -370,15 +379,20 @@ class ControllerEngine:
             # From here the volume is gone from the API; its snapshots and the copies made
             # of it keep their own keys and (the pool sees to it) their bytes. The key is
             # shredded in the commit that marks the volume deleting: from then on the
-            # backing data cannot be read, whatever a crash leaves behind.
+            # backing data cannot be read, whatever a crash leaves behind. The store forgets
+            # the key's history in the round that removes the record, before the reply.
             self.volumes.update(volume_id, lambda r: r.model_copy(update={"state":
                                                                           "deleting"}),
                                 with_ops=self.keys.shred_ops(volume_id))
-            self.keys.forget_shredded()
             failpoints.reached("delete:after-key")
-            provisioner.delete(volume_id)
+            try:
+                provisioner.delete(volume_id)
+            except BaseException:
+                with contextlib.suppress(CryptvolError):  # the error to report is the first
+                    self.keys.forget_shredded()  # the key is gone: its bytes go now
+                raise
             failpoints.reached("delete:after-backing")
-            self.volumes.remove(record)
+            self.volumes.remove(record, forget_history=True)
 
     # --- ValidateVolumeCapabilities, ListVolumes, GetCapacity ----------------------------
     def validate_capabilities(

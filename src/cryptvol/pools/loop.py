@@ -109,7 +109,8 @@ class LoopProvisioner:
                     f"not the {size_bytes} asked"
                 )
             return
-        free = self.space().free_bytes
+        # What the filesystem has free: no need to add up what every volume occupies.
+        free = shutil.disk_usage(self.pool_dir).free
         if size_bytes > free:
             raise ResourceExhausted(
                 f"pool {self.pool_dir} has {free} bytes free, {size_bytes} asked"

@@ -13,7 +13,7 @@ from typing import Generic, TypeVar
 from cryptvol.errors import Aborted, NotFound
 from cryptvol.state.layout import SNAPSHOTS, VOLUMES, RecordLayout
 from cryptvol.state.records import Record, SnapshotRecord, VolumeRecord, encode
-from cryptvol.store.base import Compare, Delete, Put, Store
+from cryptvol.store.base import Compare, Delete, Entry, Put, Store, txn_then_forget
 
 _CAS_ATTEMPTS = 20
 
@@ -80,11 +80,16 @@ class Repository(Generic[R]):
                 return updated
         raise Aborted(f"{self.kind} {record_id} is being changed concurrently; retry")
 
-    def remove(self, record: R) -> None:
+    def remove(self, record: R, *, forget_history: bool = False) -> None:
+        """Delete the record and its name; with `forget_history`, the store then forgets
+        every value deleted so far (the last step of a shred) before this returns."""
         ops: list[Put | Delete] = [Delete(self.layout.record_key(record.id))]
         if self.id_for_name(record.name) == record.id:
             ops.append(Delete(self.layout.name_key(record.name)))
-        self.store.txn([], ops)
+        if forget_history:
+            txn_then_forget(self.store, [], ops)
+        else:
+            self.store.txn([], ops)
 
     def page(self, start_after: str, limit: int) -> list[R]:
         prefix = self.layout.records
@@ -94,6 +99,14 @@ class Repository(Generic[R]):
 
     def all(self) -> list[R]:
         return self.page("", 0)
+
+    def all_entries(self) -> list[Entry]:
+        """Every record as stored, undecoded: for a caller that keeps what it derives from
+        each (by key and revision) instead of decoding every record on every scan."""
+        return self.store.range(self.layout.records)
+
+    def decode(self, entry: Entry) -> R:
+        return self._decode(entry.value)
 
     def page_where(self, start_after: str, limit: int, keep: Callable[[R], bool]
                    ) -> tuple[list[R], str]:

@@ -86,6 +86,19 @@ class Store(Protocol):
     def close(self) -> None: ...
 
 
+def txn_then_forget(store: Store, compares: Sequence[Compare], ops: Sequence[Put | Delete]
+                    ) -> bool:
+    """`store.txn(compares, ops)`, then `store.forget_history()`: a shred's last write. A
+    store that can do both in one round (SQLite: the checkpoint after the group commit that
+    holds the transaction) does; the others take two."""
+    combined = getattr(store, "txn_then_forget", None)
+    if combined is not None:
+        return bool(combined(compares, ops))
+    applied = store.txn(compares, ops)
+    store.forget_history()
+    return applied
+
+
 def prefix_end(prefix: str) -> str:
     """The smallest key greater than every key that starts with `prefix` ('' for no bound).
 

@@ -12,8 +12,13 @@ Group commit: a write waits in a queue; the first writer to find nobody committi
 every write queued by then in one SQLite transaction, each with its own compares and its own
 revision, in queue order, and one fsync (`synchronous = FULL`) makes them all durable before
 any of their callers returns. So N concurrent RPCs cost one fsync, not N, and nothing is
-acknowledged before it is on disk. `forget_history` requests queue the same way: one WAL
-checkpoint, run after the batch it came with committed, serves every request in it.
+acknowledged before it is on disk. `forget_history` requests queue the same way, and a
+transaction may carry one (`txn_then_forget`: a shred's last write and the checkpoint after
+it cost its caller one wait, not two). One WAL checkpoint serves every request pending when
+it runs, and it runs once nothing else is queued, or after a request has waited out
+`_FORGET_DEFERRALS` more commits: a checkpoint truncates the WAL, which also makes the next
+commits dearer, so under load many deletes share one instead of one per commit. Nobody waiting
+for a checkpoint returns before it ran.
 Reads use a small pool of connections of their own: in WAL mode a read never waits for a
 writer, and sees every write committed before it began.
 
@@ -43,6 +48,7 @@ from cryptvol.store.base import Compare, Delete, Entry, Put, prefix_end
 DB_FILE = "cryptvol.db"  # its name in a state dir
 _BUSY_TIMEOUT_MS = 30_000
 _IN_CHUNK = 500  # keys per `IN (...)` query, well under SQLite's bound-parameter limit
+_FORGET_DEFERRALS = 3  # commits a forget_history request may wait behind while writes queue
 
 _T = TypeVar("_T")
 _Migration = Callable[[sqlite3.Connection], None]
@@ -74,12 +80,15 @@ SCHEMA_VERSION = len(MIGRATIONS)
 
 @dataclass(eq=False)
 class _Write:
-    """One caller's transaction (or, with `checkpoint`, its forget_history) in the queue."""
+    """One caller's transaction in the queue; with `forget`, its caller waits for a
+    checkpoint after its commit too (a forget_history alone has nothing to commit)."""
 
     compares: Sequence[Compare] = ()
     ops: Sequence[Put | Delete] = ()
     ttl: float | None = None
-    checkpoint: bool = False
+    forget: bool = False
+    committed: bool = False  # its transaction has been applied or refused
+    deferred: int = 0  # commits its checkpoint has waited behind
     done: bool = False
     applied: bool = False
     error: BaseException | None = None
@@ -269,6 +278,11 @@ class SqliteStore:
     def txn(self, compares: Sequence[Compare], ops: Sequence[Put | Delete]) -> bool:
         return self._write(compares, ops, ttl=None)
 
+    def txn_then_forget(self, compares: Sequence[Compare], ops: Sequence[Put | Delete]) -> bool:
+        """`txn`, then `forget_history`, in one trip through the queue: the checkpoint runs
+        after the batch holding this transaction committed, before its caller returns."""
+        return self._write(compares, ops, ttl=None, forget=True)
+
     def put_lease(self, key: str, value: bytes, ttl: float) -> None:
         if ttl <= 0:
             raise ValueError("a lease needs a positive time-to-live")
@@ -278,16 +292,18 @@ class SqliteStore:
         self._write((), (Delete(key),), ttl=None)
 
     def _write(
-        self, compares: Sequence[Compare], ops: Sequence[Put | Delete], *, ttl: float | None
+        self, compares: Sequence[Compare], ops: Sequence[Put | Delete], *, ttl: float | None,
+        forget: bool = False,
     ) -> bool:
         if len({op.key for op in ops}) != len(ops):
             raise InvalidArgument("a transaction may change each key at most once")  # as etcd
-        return self._queued(_Write(compares, ops, ttl))
+        return self._queued(_Write(compares, ops, ttl, forget=forget))
 
     def _queued(self, write: _Write) -> bool:
         """Queue `write` and wait until a commit has applied (or refused) it durably. A
         writer that finds nobody committing leads: it commits the whole queue, then hands
-        the lead to the first write queued meanwhile."""
+        the lead to the first write queued meanwhile. A write whose checkpoint was deferred
+        is queued again, at the front, and waits like any other."""
         write.wake.acquire()
         with self._queue_lock:
             self._queue.append(write)
@@ -295,7 +311,7 @@ class SqliteStore:
             self._leading = True
         if not lead:
             write.wake.acquire()  # released once done, or to hand over the lead
-        if not write.done:
+        while not write.done:
             try:
                 with self._queue_lock:
                     batch, self._queue = self._queue, []
@@ -308,27 +324,47 @@ class SqliteStore:
                         self._queue[0].wake.release()  # not done: it leads next
                     else:
                         self._leading = False
+            if not write.done:
+                write.wake.acquire()  # deferred: released once done, or to lead again
         if write.error is not None:
             # A copy: one batch's failure is raised in every waiting thread at once.
             raise copy.copy(write.error)
         return write.applied
 
     def _commit(self, batch: list[_Write]) -> None:
-        """Apply every transaction of `batch` in order in one SQLite transaction (one fsync),
-        then run one checkpoint if any asked for one; mark each done and wake its caller."""
-        txns = [w for w in batch if not w.checkpoint]
-        checkpoints = [w for w in batch if w.checkpoint]
-        for part, run in ((txns, self._apply), (checkpoints, self._checkpoint)):
-            if not part:
-                continue
+        """Apply every transaction of `batch` not yet committed in order in one SQLite
+        transaction (one fsync); then run one checkpoint for every write that asks for one,
+        or defer them all (see the module's docstring). Mark each write done but the
+        deferred ones, and wake its caller."""
+        txns = [w for w in batch if not w.committed]
+        if txns:
             try:
-                self._guard(lambda: run(part))  # noqa: B023 - called at once
+                self._guard(lambda: self._apply(txns))
             except BaseException as exc:
-                for w in part:
+                for w in txns:
                     w.applied, w.error = False, exc
+            for w in txns:
+                w.committed = True
+        forgets = [w for w in batch if w.forget and w.error is None]
+        deferred: list[_Write] = []
+        if forgets:
+            with self._queue_lock:
+                if self._queue and max(w.deferred for w in forgets) < _FORGET_DEFERRALS:
+                    # The next leader takes them with what is queued now.
+                    deferred, self._queue = forgets, forgets + self._queue
+            if deferred:
+                for w in deferred:
+                    w.deferred += 1
+            else:
+                try:
+                    self._guard(lambda: self._checkpoint(forgets))
+                except BaseException as exc:
+                    for w in forgets:
+                        w.error = exc  # a transaction committed before stays applied
         for w in batch:
-            w.done = True
-            w.wake.release()
+            if w not in deferred:
+                w.done = True
+                w.wake.release()
 
     def _apply(self, txns: list[_Write]) -> None:
         db = self._db
@@ -405,7 +441,7 @@ class SqliteStore:
     def forget_history(self) -> None:
         # Queued like a write: it runs after every write its caller made has committed,
         # and concurrent callers (one DeleteVolume each) share one checkpoint.
-        self._queued(_Write(checkpoint=True))
+        self._queued(_Write(forget=True, committed=True))
 
     def _checkpoint(self, _requests: list[_Write]) -> None:
         # The WAL still holds the pages as they were before the delete; the checkpoint

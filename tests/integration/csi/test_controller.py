@@ -52,7 +52,17 @@ def test_a_name_reused_with_another_size_is_already_exists(csi):
 
 def test_delete_removes_the_file_and_shreds_the_key(csi, driver):
     volume = create(csi)
+    from cryptvol.store.sqlite import DB_FILE, SqliteStore
+
+    db = driver.state_dir / DB_FILE
+    reader = SqliteStore(db, readonly=True)
+    wrapped = reader.get(f"/cryptvol/deks/{volume.volume_id}")
+    reader.close()
+    assert wrapped is not None
     csi.controller.DeleteVolume(pb.DeleteVolumeRequest(volume_id=volume.volume_id))
+    # Once DeleteVolume answered, with the driver still running: not a byte of the wrapped
+    # key in the database or its WAL.
+    assert not any(wrapped.value in p.read_bytes() for p in db.parent.glob(DB_FILE + "*"))
     assert not (driver.pool_dir / f"{volume.volume_id}.img").exists()
     from cryptvol.keys.manager import open_local
 

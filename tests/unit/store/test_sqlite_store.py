@@ -205,3 +205,82 @@ def test_concurrent_forget_history_requests_share_one_checkpoint(
     for t in threads:
         t.join(30)
     assert checkpoints == [1, 5]
+
+
+def test_a_transaction_that_forgets_returns_once_what_it_deleted_left_the_files(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secret = b"wrapped-key-bytes-" + bytes(range(32))
+    assert store.txn([], [Put("/deks/v", secret), Put("/records/v", b"r")])
+    files = store.path.parent.glob(store.path.name + "*")
+    assert any(secret in p.read_bytes() for p in files)
+    checkpoints: list[int] = []
+    checkpoint = store._checkpoint
+
+    def counted(requests: list) -> None:  # type: ignore[type-arg]
+        checkpoints.append(len(requests))
+        checkpoint(requests)
+
+    monkeypatch.setattr(store, "_checkpoint", counted)
+    assert store.txn([], [Delete("/deks/v")])  # a shred's first write: no checkpoint yet
+    assert checkpoints == []
+    assert store.txn_then_forget([Compare("/records/v", 1)], [Delete("/records/v")])
+    assert checkpoints == [1]
+    assert store.get("/records/v") is None
+    files = store.path.parent.glob(store.path.name + "*")
+    assert not any(secret in p.read_bytes() for p in files)
+
+
+def test_a_checkpoint_waits_while_writes_queue_but_its_callers_return_only_after_it(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under load many shreds share one checkpoint: it is deferred while other writes are
+    queued (at most a few commits), and nobody who asked for it returns before it ran."""
+    events: list[str] = []
+    hold = [threading.Event(), threading.Event()]
+    held = [threading.Event(), threading.Event()]
+    apply, checkpoint = store._apply, store._checkpoint
+
+    def held_apply(txns: list) -> None:  # type: ignore[type-arg]
+        events.append(f"commit {len(txns)}")
+        commits = sum(e.startswith("commit") for e in events)
+        if commits <= 2:
+            held[commits - 1].set()
+            hold[commits - 1].wait(30)
+        apply(txns)
+
+    def counted(requests: list) -> None:  # type: ignore[type-arg]
+        events.append(f"checkpoint {len(requests)}")
+        checkpoint(requests)
+
+    store.txn([], [Put("/deks/a", b"key-a"), Put("/deks/b", b"key-b")])
+    monkeypatch.setattr(store, "_apply", held_apply)
+    monkeypatch.setattr(store, "_checkpoint", counted)
+
+    def shred(name: str) -> None:
+        store.txn_then_forget([], [Delete(f"/deks/{name}")])
+        events.append(f"returned {name}")
+
+    def write(key: str) -> None:
+        store.txn([], [Put(key, b"v")])
+
+    first = threading.Thread(target=shred, args=("a",))  # leads; its commit is held
+    first.start()
+    assert held[0].wait(30)
+    second = threading.Thread(target=shred, args=("b",))
+    second.start()
+    while len(store._queue) < 1:
+        time.sleep(0.001)
+    hold[0].set()  # a's commit ends with b queued: a's checkpoint is deferred
+    assert held[1].wait(30)  # b's commit (a rides along, committed already) is held
+    late = threading.Thread(target=write, args=("/late",))
+    late.start()
+    while len(store._queue) < 1:
+        time.sleep(0.001)
+    hold[1].set()  # deferred again behind /late; then nothing queued: one checkpoint
+    for t in (first, second, late):
+        t.join(30)
+    assert events[:4] == ["commit 1", "commit 1", "commit 1", "checkpoint 2"]
+    assert sorted(events[4:]) == ["returned a", "returned b"]
+    held_bytes = b"".join(p.read_bytes() for p in store.path.parent.glob(store.path.name + "*"))
+    assert b"key-a" not in held_bytes and b"key-b" not in held_bytes
