@@ -124,7 +124,7 @@ class LoopProvisioner:
             os.fsync(fd)
         finally:
             os.close(fd)
-        os.rename(tmp, path)
+        _rename_durably(tmp, path)
 
     def delete(self, volume_id: str) -> None:
         path = self.files.path(volume_id)
@@ -221,7 +221,18 @@ def _copy_file(origin: Path, target: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+    _rename_durably(tmp, target)
+
+
+def _rename_durably(tmp: Path, target: Path) -> None:
+    """Rename, then fsync the folder: the file's fsync does not make its new name durable,
+    and an acknowledged volume whose record survived a power cut must find its file."""
     os.rename(tmp, target)
+    fd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class LoopAttacher:

@@ -75,3 +75,29 @@ def test_the_pool_size_is_read_while_volumes_are_deleted(tmp_path: Path, monkeyp
 
     monkeypatch.setattr(loop.os, "scandir", scandir_then_delete)
     assert pool.space().total_bytes > 0
+
+
+def test_a_new_volume_file_and_a_copy_have_durable_names(tmp_path: Path, monkeypatch) -> None:
+    """The record of an acknowledged CreateVolume is fsynced; the file's name must be too,
+    or a power cut leaves a record whose file is gone. Every fsync still runs: this only
+    notes which files it was called on."""
+    import stat
+
+    import cryptvol.pools.loop as loop
+    from cryptvol.pools.base import CopySource
+
+    synced: list[tuple[bool, set[str]]] = []
+    real_fsync = os.fsync
+
+    def noting_fsync(fd: int) -> None:
+        is_dir = stat.S_ISDIR(os.fstat(fd).st_mode)
+        synced.append((is_dir, set(os.listdir(tmp_path / "pool")) if is_dir else set()))
+        real_fsync(fd)
+
+    pool = open_pool("p", str(tmp_path / "pool")).provisioner
+    monkeypatch.setattr(loop.os, "fsync", noting_fsync)
+    pool.create("cv-a", MIB)
+    pool.copy(CopySource("cv-a"), "cv-b", MIB)
+    folders = [names for is_dir, names in synced if is_dir]
+    assert any("cv-a.img" in names for names in folders)
+    assert any("cv-b.img" in names for names in folders)
