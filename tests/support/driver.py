@@ -147,9 +147,13 @@ class RunningDriver:
             try:
                 self.client.wait_ready(min(2.0, max(0.1, deadline - time.monotonic())))
                 return
-            except TimeoutError:
+            except TimeoutError as exc:
                 if time.monotonic() >= deadline:
-                    raise
+                    # Where it is stuck: the driver dumps its threads' stacks on SIGUSR1.
+                    self.proc.send_signal(signal.SIGUSR1)
+                    time.sleep(1)
+                    said = "\n".join(self.log_lines()[self._log_mark:][-80:])
+                    raise TimeoutError(f"{exc}; the driver's last lines:\n{said}") from None
 
     def start_refused(self, *more: str) -> subprocess.CompletedProcess[str]:
         """Run `cryptvol serve` expecting it to refuse to start: its exit and output, at the
