@@ -88,7 +88,12 @@ class Driver:
         """`registry`: the process's Prometheus registry (a private one when not given)."""
         self.settings = settings
         prepare_state_dir(settings.state_dir)
-        # Pools first: a mistyped pool, or a pool folder that cannot be made, stops the start
+        if self.serves_node:
+            # Before any pool is opened: LVM's device scan reads every block device, and one
+            # that a killed reencryption left suspended would hang it (and this start) for
+            # good. This needs dmsetup only, no key and no store.
+            release_interrupted_reencryptions()
+        # Then pools: a mistyped pool, or a pool folder that cannot be made, stops the start
         # before any store, key or thread exists.
         self.pools = open_pools(settings.pools)
         # The roots node paths must lie in: kubelet's dir for request paths, Kata's
@@ -158,8 +163,6 @@ class Driver:
         # Said once the start can no longer fail on its own settings or store.
         log.info("kata direct volumes", extra={"api": direct.describe(),
                                                "direct_volumes": str(kata.direct_volumes_dir)})
-        if self.serves_node:
-            release_interrupted_reencryptions()
         # The probe runs cryptsetup a few times; the socket comes up meanwhile and Probe
         # answers not-ready until it is done.
         self._probed = threading.Event()

@@ -232,6 +232,39 @@ def test_clone_reencrypt_gives_a_copy_its_own_volume_key_across_a_crash(driver, 
     assert progress and '"percent"' in progress[-1]
 
 
+def test_a_driver_starts_over_a_hotzone_a_killed_reencryption_left_suspended(driver, tmp_path):
+    """A reencryption killed mid-hotzone leaves its hotzone device suspended, and LVM's device
+    scan blocks on a suspended device, beyond even SIGKILL. A restarted driver must release
+    the hotzone before it opens its LVM thin pool, or it never comes up (seen in CI). The
+    stack is built here with dmsetup alone, as cryptsetup names it."""
+    image = tmp_path / "stack.img"
+    with open(image, "wb") as f:
+        f.truncate(8 * MIB)
+    loop = subprocess.run(["losetup", "--find", "--show", str(image)], check=True,
+                          capture_output=True, text=True).stdout.strip()
+    name = "cryptvol-suspended-stack"
+    hotzone = f"{name}-hotzone-forward"
+    stack = [hotzone, f"{name}-overlay", name]
+    try:
+        for dev in stack:
+            subprocess.run(["dmsetup", "create", dev, "--table", f"0 16384 linear {loop} 0"],
+                           check=True)
+        subprocess.run(["dmsetup", "suspend", hotzone], check=True)
+        driver.restart()
+        table = subprocess.run(["dmsetup", "table", hotzone], check=True, capture_output=True,
+                               text=True).stdout
+        assert table.split()[2] == "error"
+        attr = subprocess.run(["dmsetup", "info", "-c", "--noheadings", "-o", "attr", hotzone],
+                              check=True, capture_output=True, text=True).stdout.strip()
+        assert attr[2] != "s"
+    finally:
+        # Resumed first: a scan still blocked on it (the bug) would hold up the teardown.
+        subprocess.run(["dmsetup", "resume", hotzone], check=False)
+        for dev in reversed(stack):
+            subprocess.run(["dmsetup", "remove", dev], check=False)
+        subprocess.run(["losetup", "-d", loop], check=False)
+
+
 def test_a_driver_killed_at_each_step_of_lvm_snapshots_copies_and_deletes_converges(
         driver, tmp_path, thin_pool):
     src = new(driver.client, tmp_path, "kill-src", THIN)
