@@ -27,7 +27,7 @@ import grpc
 from cryptvol.csi.client import CsiClient
 from cryptvol.csi.gen import csi_pb2
 from cryptvol.vm import dm_crypt_available
-from support.processes import stop_server
+from support.processes import dump_stacks, stop_server
 
 NOT_READY_WITHOUT_DM_CRYPT = "not ready: the node service cannot open a dm-crypt mapping"
 
@@ -149,9 +149,7 @@ class RunningDriver:
                 return
             except TimeoutError as exc:
                 if time.monotonic() >= deadline:
-                    # Where it is stuck: the driver dumps its threads' stacks on SIGUSR1.
-                    self.proc.send_signal(signal.SIGUSR1)
-                    time.sleep(1)
+                    dump_stacks(self.proc)  # where it is stuck, into its log
                     said = "\n".join(self.log_lines()[self._log_mark:][-80:])
                     raise TimeoutError(f"{exc}; the driver's last lines:\n{said}") from None
 

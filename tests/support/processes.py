@@ -18,8 +18,14 @@ def stop_server(proc: subprocess.Popen[bytes], what: str, log_tail: Callable[[],
     try:
         return proc.wait(60)
     except subprocess.TimeoutExpired:
-        proc.send_signal(signal.SIGUSR1)
-        time.sleep(2)
+        dump_stacks(proc)
         proc.kill()
         proc.wait()
         raise AssertionError(f"{what} did not stop on SIGTERM:\n{log_tail()}") from None
+
+
+def dump_stacks(proc: subprocess.Popen[bytes]) -> None:
+    """Ask a cryptvol server for every thread's stack (SIGUSR1: it writes them to its log,
+    and does nothing else) and give it a moment to write them."""
+    proc.send_signal(signal.SIGUSR1)
+    time.sleep(2)

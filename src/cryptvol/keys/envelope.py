@@ -162,14 +162,6 @@ def open_envelope(env: Envelope, volume_id: str, kek: Kek) -> Secret:
         ) from None
 
 
-def rewrap(
-    raw: bytes, volume_id: str, find_kek: Callable[[str], Kek], current: Kek
-) -> bytes | None:
-    """The envelope `raw` of `volume_id` wrapped under `current` instead, or None when it
-    already is."""
-    return rewrap_many([(volume_id, raw)], find_kek, current)[0]
-
-
 def rewrap_many(
     items: Sequence[tuple[str, bytes]], find_kek: Callable[[str], Kek], current: Kek
 ) -> list[bytes | None]:
