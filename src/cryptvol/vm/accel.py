@@ -4,6 +4,11 @@ Some hosts expose a /dev/kvm that opens fine and then hangs the guest (nested se
 do not pass through enough of the CPU), so the only trustworthy probe is a boot with a tight
 time limit. Its answer is cached per host kernel and QEMU build, so only the first run on a
 machine pays for it. `CRYPTVOL_VM_ACCEL=tcg|kvm` skips the probe.
+
+One host is known without a boot: a /dev/kvm served by PVM alone (the `kvm_pvm` module, no
+`kvm_intel` or `kvm_amd`), as in cloud sandboxes whose CPU shows neither VT-x nor AMD-V.
+PVM runs only guest kernels built as PVM guests; Debian's kernel, which the VM boots, is not
+one, so QEMU fails or the guest stops after its kernel is decompressed.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ ACCELS = ("tcg", "kvm")
 # A working KVM boots and runs `true` in a few seconds; a hanging one never does.
 PROBE_TIMEOUT = 20.0
 _PROBE_FILE = "kvm-probe.json"
+SYS_MODULE = Path("/sys/module")
 
 
 def choose_accel(parts: Parts) -> str:
@@ -42,6 +48,11 @@ def kvm_usable(
     """(usable?, why). Without `probe`, an unprobed host answers from /dev/kvm alone."""
     if not _dev_kvm_opens():
         return False, "/dev/kvm is missing or cannot be opened read-write"
+    if pvm_only():
+        return False, (
+            "/dev/kvm is PVM's (module kvm_pvm, no kvm_intel or kvm_amd): it runs only guest"
+            " kernels built as PVM guests, and the VM's Debian kernel is not one; using TCG"
+        )
     memo = resolve_cache_dir(cache) / _PROBE_FILE
     key = _probe_key()
     with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
@@ -77,6 +88,12 @@ def _probe(parts: Parts) -> tuple[bool, str]:
     if code != 0:
         return False, f"a boot under KVM ran `true` with exit code {code}, using TCG"
     return True, f"a boot under KVM finished within {PROBE_TIMEOUT:g} s"
+
+
+def pvm_only(sys_module: Path = SYS_MODULE) -> bool:
+    """Whether the host's KVM is PVM (pagetable-based, without hardware virtualization)."""
+    loaded = {name for name in ("kvm_pvm", "kvm_intel", "kvm_amd") if (sys_module / name).is_dir()}
+    return loaded == {"kvm_pvm"}
 
 
 def _dev_kvm_opens() -> bool:
