@@ -154,6 +154,10 @@ class LoopProvisioner:
     def in_use(self, volume_id: str) -> bool:
         return self.files.attached_device(volume_id) is not None
 
+    def free_bytes(self) -> int:
+        # One statfs, where the size needs a stat of every volume's file.
+        return shutil.disk_usage(self.pool_dir).free
+
     def space(self) -> PoolSpace:
         # The pool's files may share their filesystem with others: the pool can hold what
         # its files occupy now plus what is free, not the filesystem's whole size.
