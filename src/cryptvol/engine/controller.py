@@ -397,7 +397,9 @@ class ControllerEngine:
                     self.keys.forget_shredded()  # the key is gone: its bytes go now
                 raise
             failpoints.reached("delete:after-backing")
-            self.volumes.remove(record, forget_history=True)
+            # A volume's id derives from its name, so its name maps to no other volume.
+            self.volumes.remove(record, forget_history=True,
+                                owns_name=volume_id_for(record.name) == record.id)
 
     # --- ValidateVolumeCapabilities, ListVolumes, GetCapacity ----------------------------
     def validate_capabilities(

@@ -91,11 +91,14 @@ class Repository(Generic[R]):
             current = None
         raise Aborted(f"{self.kind} {record_id} is being changed concurrently; retry")
 
-    def remove(self, record: R, *, forget_history: bool = False) -> None:
+    def remove(self, record: R, *, forget_history: bool = False, owns_name: bool = False
+               ) -> None:
         """Delete the record and its name; with `forget_history`, the store then forgets
-        every value deleted so far (the last step of a shred) before this returns."""
+        every value deleted so far (the last step of a shred) before this returns. The name
+        goes only if it maps to this record: read first, unless the caller knows so
+        (`owns_name`: the record's id derives from its name, so no other record has it)."""
         ops: list[Put | Delete] = [Delete(self.layout.record_key(record.id))]
-        if self.id_for_name(record.name) == record.id:
+        if owns_name or self.id_for_name(record.name) == record.id:
             ops.append(Delete(self.layout.name_key(record.name)))
         if forget_history:
             txn_then_forget(self.store, [], ops)
