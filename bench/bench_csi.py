@@ -6,6 +6,9 @@
               clients, at least the rate of kubernetes-csi's Go reference driver
               (csi-driver-host-path) on the same machine with the same client: build its
               `hostpathplugin` and pass `--reference-driver PATH` to run it side by side.
+              Also the client's ceiling: the same client against a grpcio server that
+              answers at once with fixed replies, and the driver's rate as a share of it.
+              This Python client cannot drive any server faster than that.
   expand      one online NodeExpandVolume (+1 GiB) for ext4 and xfs volumes of 1, 8 and
               64 GiB (sparse), on real dm-crypt (run it where dm-crypt exists:
               `cryptvol vm run -- .venv/bin/python bench/bench_csi.py expand`).
@@ -29,9 +32,11 @@ import grpc
 
 from cryptvol.csi.client import mount_capability
 from cryptvol.csi.gen import csi_pb2 as pb
+from cryptvol.csi.gen import csi_pb2_grpc as pb_grpc
 from support.driver import RunningDriver, call_when_up
 
 MIB = 1024 * 1024
+CEILING_VOLUME_ID = "ceiling-0000"
 
 
 def proc_cpu(pid: int) -> float:
@@ -41,9 +46,10 @@ def proc_cpu(pid: int) -> float:
 
 
 def create_delete_pairs(endpoint: str, pid: int, label: str, pairs: int, clients: int,
-                        size: int) -> float:
+                        size: int, cpu_of: str = "server CPU") -> float:
     """Run `pairs` CreateVolume+DeleteVolume pairs from `clients` threads (one channel
-    each); print pairs/s and the server's CPU per pair; return pairs/s."""
+    each); print pairs/s and the CPU per pair of process `pid` (`cpu_of` names what it
+    counts); return pairs/s."""
     from cryptvol.csi.client import CsiClient
 
     per_client = max(1, pairs // clients)
@@ -76,7 +82,7 @@ def create_delete_pairs(endpoint: str, pid: int, label: str, pairs: int, clients
         raise errors[0]
     done = per_client * clients
     print(f"controller: {label:<9} {clients} client(s): {done} create+delete pairs in "
-          f"{took:5.2f} s = {done / took:7.1f} pairs/s, server CPU {cpu / done * 1000:.2f} ms "
+          f"{took:5.2f} s = {done / took:7.1f} pairs/s, {cpu_of} {cpu / done * 1000:.2f} ms "
           "per pair", flush=True)
     return done / took
 
@@ -112,6 +118,41 @@ class ReferenceDriver:
         self.log.close()
 
 
+class _FixedReplies(pb_grpc.ControllerServicer):  # type: ignore[misc]
+    """CreateVolume and DeleteVolume answered at once with fixed, valid replies."""
+
+    def __init__(self, size: int) -> None:
+        self.created = pb.CreateVolumeResponse(volume=pb.Volume(
+            volume_id=CEILING_VOLUME_ID, capacity_bytes=size))
+        self.deleted = pb.DeleteVolumeResponse()
+
+    def CreateVolume(self, request: pb.CreateVolumeRequest,
+                     context: grpc.ServicerContext) -> pb.CreateVolumeResponse:
+        return self.created
+
+    def DeleteVolume(self, request: pb.DeleteVolumeRequest,
+                     context: grpc.ServicerContext) -> pb.DeleteVolumeResponse:
+        return self.deleted
+
+
+def ceiling(work: Path, pairs: int, clients: int, size: int) -> float:
+    """Pairs/s of the bench's client against a grpcio server in this process that does
+    nothing but answer (as many workers as the driver's server): what this client can
+    drive at most."""
+    from concurrent import futures
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
+    pb_grpc.add_ControllerServicer_to_server(_FixedReplies(size), server)
+    endpoint = f"unix://{work}/ceiling.sock"
+    server.add_insecure_port(endpoint)
+    server.start()
+    try:
+        return create_delete_pairs(endpoint, os.getpid(), "ceiling", pairs, clients, size,
+                                   cpu_of="client + server CPU")
+    finally:
+        server.stop(None).wait()
+
+
 def controller(pairs: int, clients_list: list[int], size: int,
                reference: Path | None) -> None:
     print(f"controller: {size // MIB} MiB volumes, load average {os.getloadavg()[0]:.1f}, "
@@ -126,6 +167,10 @@ def controller(pairs: int, clients_list: list[int], size: int,
                                            pairs, c, size) for c in clients_list}
         finally:
             driver.stop()
+        for clients in clients_list:
+            most = ceiling(Path(tmp), pairs, clients, size)
+            print(f"controller: {clients} client(s): cryptvol / ceiling = "
+                  f"{ours[clients] / most:.2f}", flush=True)
         if reference is None:
             return
         with ReferenceDriver(reference, Path(tmp)) as go:

@@ -13,7 +13,8 @@ Run = tuple[str, list[str], list[str]]  # script, its smoke-size arguments, what
 # The benchmarks that run on this host (tests/integration/test_benchmarks.py).
 ON_HOST: list[Run] = [
     ("bench_csi.py", ["controller", "--pairs", "8", "--clients", "1,2"],
-     ["cryptvol  1 client(s)", "cryptvol  2 client(s)", "pairs/s", "CPU"]),
+     ["cryptvol  1 client(s)", "cryptvol  2 client(s)", "pairs/s", "CPU", "ceiling   2 client(s)",
+      "2 client(s): cryptvol / ceiling"]),
     ("bench_rewrap.py", ["--deks", "300"],
      ["== SQLite: 300 DEKs", "== etcd", "re-wrap (reencrypt)", "status CLI process"]),
     ("bench_kms.py", ["--seconds", "0.3", "--callers", "1,2"], ["Encrypt", "Decrypt", "ops/s"]),

@@ -70,16 +70,20 @@ class CapacityLedger:
         more_bytes = max(0, more_bytes)
         with self._lock_of(pool.name):
             if more_bytes:
-                limit = self.limit(pool)
                 with self._guard:
                     reserved = self._reserved.get(pool.name, 0)
                 promised = self.promised(pool) + reserved
-                if promised + more_bytes > limit:
-                    raise ResourceExhausted(
-                        f"pool {pool.name} has promised {promised} of the {limit} bytes it "
-                        f"may promise (its size x over-commit ratio {self.overcommit:g}); "
-                        f"{what} needs {more_bytes} more"
-                    )
+                # A pool's size is at least what is free in it now: a promise that fits in
+                # the free bytes x ratio fits in the limit, so the size (for a loop pool, a
+                # stat of every volume's file) is only counted near the limit.
+                if promised + more_bytes > int(pool.provisioner.free_bytes() * self.overcommit):
+                    limit = self.limit(pool)
+                    if promised + more_bytes > limit:
+                        raise ResourceExhausted(
+                            f"pool {pool.name} has promised {promised} of the {limit} bytes "
+                            f"it may promise (its size x over-commit ratio "
+                            f"{self.overcommit:g}); {what} needs {more_bytes} more"
+                        )
                 with self._guard:
                     # Read again: a caller elsewhere may have finished meanwhile.
                     self._reserved[pool.name] = self._reserved.get(pool.name, 0) + more_bytes

@@ -125,6 +125,7 @@ class ControllerEngine:
         with self.locks.hold(volume_id, "CreateVolume"):
             existing = self.volumes.get(volume_id)
             key_stored = False  # whether this call committed a new DEK with the record
+            inserted: int | None = None  # the revision of the record this call inserted
             if existing is None:
                 # Decided once, for a new volume: a retry finds the choice in the record.
                 trigger = self.direct.at_create(params.kata_direct, req.parameters)
@@ -151,10 +152,10 @@ class ControllerEngine:
                                          "LUKS2 header"):
                     inserted = self.volumes.insert(record, with_compares=compares,
                                                    with_ops=ops)
-                    key_stored = inserted and bool(ops)
-                    if not inserted and ops:
+                    key_stored = inserted is not None and bool(ops)
+                    if inserted is None and ops:
                         inserted = self.volumes.insert(record)
-                if not inserted:
+                if inserted is None:
                     existing = self.volumes.get(volume_id)
                     if existing is None:
                         raise AlreadyExists(
@@ -171,7 +172,7 @@ class ControllerEngine:
                     f"volume {quoted(req.name)} is being deleted; retry once DeleteVolume finished"
                 )
             if existing.state == "creating":
-                existing = self._finish_create(existing, key_stored)
+                existing = self._finish_create(existing, key_stored, inserted)
             return self._info(existing)
 
     def _new_record(self, volume_id: str, name: str, capacity: int, params: VolumeParameters,
@@ -243,9 +244,11 @@ class ControllerEngine:
                 "LUKS2 header"
             )
 
-    def _finish_create(self, record: VolumeRecord, key_stored: bool = False) -> VolumeRecord:
+    def _finish_create(self, record: VolumeRecord, key_stored: bool = False,
+                       revision: int | None = None) -> VolumeRecord:
         """Make what the record promises, then mark it ready. `key_stored`: this call
-        committed the volume's new DEK with its record, so there is no key to make."""
+        committed the volume's new DEK with its record, so there is no key to make;
+        `revision`: this call inserted the record, at that revision."""
         failpoints.reached("create:after-record")
         provisioner = self._pool(record).provisioner
         if record.content_source is not None:
@@ -259,7 +262,8 @@ class ControllerEngine:
         def mark_ready(r: VolumeRecord) -> VolumeRecord:
             return r.model_copy(update={"state": "ready"})
 
-        return self.volumes.update(record.id, mark_ready)
+        return self.volumes.update(record.id, mark_ready, current=None if revision is None
+                                   else (record, revision))
 
     def _finish_copy(self, record: VolumeRecord, source: ContentSource) -> None:
         """The copy's key first (its own copy of its source's DEK, so it opens whatever
@@ -362,14 +366,15 @@ class ControllerEngine:
         if not is_volume_id(volume_id):
             return  # never ours, so already absent: DeleteVolume succeeds
         with self.locks.hold(volume_id, "DeleteVolume"):
-            record = self.volumes.get(volume_id)
-            if record is None:
+            found = self.volumes.get_with_revision(volume_id)
+            if found is None:
                 # The record is written before anything else and removed last: without it
                 # nothing of this volume is left but, after a crash between the commit that
                 # removed it and the forgetting after it, its key's bytes in the store's
                 # history. Forget them again: an OK means they are gone.
                 self.keys.forget_shredded()
                 return
+            record = found[0]
             provisioner = self._pool(record).provisioner
             if provisioner.in_use(volume_id):
                 raise FailedPrecondition(
@@ -383,7 +388,7 @@ class ControllerEngine:
             # the key's history in the round that removes the record, before the reply.
             self.volumes.update(volume_id, lambda r: r.model_copy(update={"state":
                                                                           "deleting"}),
-                                with_ops=self.keys.shred_ops(volume_id))
+                                with_ops=self.keys.shred_ops(volume_id), current=found)
             failpoints.reached("delete:after-key")
             try:
                 provisioner.delete(volume_id)
@@ -392,7 +397,9 @@ class ControllerEngine:
                     self.keys.forget_shredded()  # the key is gone: its bytes go now
                 raise
             failpoints.reached("delete:after-backing")
-            self.volumes.remove(record, forget_history=True)
+            # A volume's id derives from its name, so its name maps to no other volume.
+            self.volumes.remove(record, forget_history=True,
+                                owns_name=volume_id_for(record.name) == record.id)
 
     # --- ValidateVolumeCapabilities, ListVolumes, GetCapacity ----------------------------
     def validate_capabilities(

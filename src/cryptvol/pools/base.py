@@ -101,6 +101,10 @@ class Provisioner(Protocol):
         """The pool's size and what is free in it right now."""
         ...
 
+    def free_bytes(self) -> int:
+        """`space().free_bytes`, where the pool can tell it for less than its whole size."""
+        ...
+
     def snapshot(self, volume_id: str, snapshot_id: str) -> int:
         """Take a crash-consistent point-in-time copy of the backing volume's bytes; return
         its size. A repeat with the same ids is a no-op that returns the same size."""

@@ -135,6 +135,9 @@ class LvmThinProvisioner:
         found = self.pool.find(volume_id)
         return found is not None and found.active
 
+    def free_bytes(self) -> int:
+        return self.space().free_bytes
+
     def space(self) -> PoolSpace:
         out = self.pool.lvm("lvs", "--noheadings", "--nosuffix", "--units", "b",
                             "--separator", "|", "-o", "lv_size,data_percent",

@@ -309,6 +309,9 @@ class ZfsProvisioner:
         device = self.devices.find(self.ds.volume(volume_id))
         return device is not None and held(device)
 
+    def free_bytes(self) -> int:
+        return self.space().free_bytes
+
     def space(self) -> PoolSpace:
         state = self.ds.keyed(self.ds.list(self.ds.name))
         return PoolSpace(total_bytes=state.used + state.available, free_bytes=state.available)

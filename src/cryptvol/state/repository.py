@@ -34,8 +34,14 @@ class Repository(Generic[R]):
         return self.model.model_validate_json(raw)
 
     def get(self, record_id: str) -> R | None:
+        found = self.get_with_revision(record_id)
+        return found[0] if found else None
+
+    def get_with_revision(self, record_id: str) -> tuple[R, int] | None:
+        """The record and the store revision it was last written at (what `update` takes
+        as `current`), or None."""
         entry = self.store.get(self.layout.record_key(record_id))
-        return self._decode(entry.value) if entry else None
+        return (self._decode(entry.value), entry.revision) if entry else None
 
     def require(self, record_id: str) -> R:
         record = self.get(record_id)
@@ -53,38 +59,46 @@ class Repository(Generic[R]):
         *,
         with_compares: Sequence[Compare] = (),
         with_ops: Sequence[Put | Delete] = (),
-    ) -> bool:
+    ) -> int | None:
         """Add a new record and its name, in one transaction with `with_ops` (another
-        layer's writes that belong with it, under their own `with_compares`); False when the
-        name or id is already taken or one of `with_compares` failed."""
+        layer's writes that belong with it, under their own `with_compares`); return the
+        record's revision (what `update` takes with it as `current`), or None when the name
+        or id is already taken or one of `with_compares` failed."""
         name_key, record_key = self.layout.name_key(record.name), self.layout.record_key(record.id)
-        return self.store.txn(
+        return self.store.txn_at(
             [Compare(name_key, 0), Compare(record_key, 0), *with_compares],
             [Put(name_key, record.id.encode()), Put(record_key, encode(record)), *with_ops],
         )
 
     def update(
-        self, record_id: str, change: Callable[[R], R], *, with_ops: Sequence[Put | Delete] = ()
+        self, record_id: str, change: Callable[[R], R], *, with_ops: Sequence[Put | Delete] = (),
+        current: tuple[R, int] | None = None,
     ) -> R:
         """Apply `change` to the stored record with compare-and-swap, retrying a lost race;
-        `with_ops` (another layer's unconditional writes) commit with it."""
+        `with_ops` (another layer's unconditional writes) commit with it. `current`: the
+        record and revision the caller has just read (`get_with_revision`), tried first
+        instead of reading and decoding it again; a stale one only costs a retry."""
         key = self.layout.record_key(record_id)
         for _ in range(_CAS_ATTEMPTS):
-            entry = self.store.get(key)
-            if entry is None:
-                raise NotFound(f"{self.kind} {record_id} does not exist")
-            updated = change(self._decode(entry.value))
-            if self.store.txn(
-                [Compare(key, entry.revision)], [Put(key, encode(updated)), *with_ops]
-            ):
+            if current is None:
+                current = self.get_with_revision(record_id)
+                if current is None:
+                    raise NotFound(f"{self.kind} {record_id} does not exist")
+            record, revision = current
+            updated = change(record)
+            if self.store.txn([Compare(key, revision)], [Put(key, encode(updated)), *with_ops]):
                 return updated
+            current = None
         raise Aborted(f"{self.kind} {record_id} is being changed concurrently; retry")
 
-    def remove(self, record: R, *, forget_history: bool = False) -> None:
+    def remove(self, record: R, *, forget_history: bool = False, owns_name: bool = False
+               ) -> None:
         """Delete the record and its name; with `forget_history`, the store then forgets
-        every value deleted so far (the last step of a shred) before this returns."""
+        every value deleted so far (the last step of a shred) before this returns. The name
+        goes only if it maps to this record: read first, unless the caller knows so
+        (`owns_name`: the record's id derives from its name, so no other record has it)."""
         ops: list[Put | Delete] = [Delete(self.layout.record_key(record.id))]
-        if self.id_for_name(record.name) == record.id:
+        if owns_name or self.id_for_name(record.name) == record.id:
             ops.append(Delete(self.layout.name_key(record.name)))
         if forget_history:
             txn_then_forget(self.store, [], ops)

@@ -68,6 +68,12 @@ class Store(Protocol):
         """Apply every op atomically if every compare holds; return whether it did."""
         ...
 
+    def txn_at(self, compares: Sequence[Compare], ops: Sequence[Put | Delete]) -> int | None:
+        """`txn`, returning the revision its writes carry (what a later compare on them
+        compares with; with no ops, the store's current one), or None when a compare
+        failed."""
+        ...
+
     def put_lease(self, key: str, value: bytes, ttl: float) -> None:
         """Put `value` at `key`; it disappears `ttl` seconds later unless put again."""
         ...

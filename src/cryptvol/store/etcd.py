@@ -230,6 +230,9 @@ class EtcdStore:
     # -- writes ---------------------------------------------------------------------------
 
     def txn(self, compares: Sequence[Compare], ops: Sequence[Put | Delete]) -> bool:
+        return self.txn_at(compares, ops) is not None
+
+    def txn_at(self, compares: Sequence[Compare], ops: Sequence[Put | Delete]) -> int | None:
         if max(len(compares), len(ops)) > self.max_txn_ops:
             raise InvalidArgument(
                 f"an etcd transaction takes at most {self.max_txn_ops} compares and ops"
@@ -252,7 +255,8 @@ class EtcdStore:
                 for op in ops
             ],
         )
-        return bool(self._call("Txn", lambda m: m.kv.Txn(request, timeout=self.timeout)).succeeded)
+        reply = self._call("Txn", lambda m: m.kv.Txn(request, timeout=self.timeout))
+        return int(reply.header.revision) if reply.succeeded else None
 
     def put_lease(self, key: str, value: bytes, ttl: float) -> None:
         if ttl <= 0:

@@ -91,6 +91,7 @@ class _Write:
     deferred: int = 0  # commits its checkpoint has waited behind
     done: bool = False
     applied: bool = False
+    revision: int = 0  # what its writes carry, once applied
     error: BaseException | None = None
     # Held until a leader has committed this write or handed it the lead: one wake-up per
     # waiter, where a shared condition would wake every waiter for every batch.
@@ -276,12 +277,15 @@ class SqliteStore:
     # -- writes -------------------------------------------------------------------------
 
     def txn(self, compares: Sequence[Compare], ops: Sequence[Put | Delete]) -> bool:
+        return self._write(compares, ops, ttl=None) is not None
+
+    def txn_at(self, compares: Sequence[Compare], ops: Sequence[Put | Delete]) -> int | None:
         return self._write(compares, ops, ttl=None)
 
     def txn_then_forget(self, compares: Sequence[Compare], ops: Sequence[Put | Delete]) -> bool:
         """`txn`, then `forget_history`, in one trip through the queue: the checkpoint runs
         after the batch holding this transaction committed, before its caller returns."""
-        return self._write(compares, ops, ttl=None, forget=True)
+        return self._write(compares, ops, ttl=None, forget=True) is not None
 
     def put_lease(self, key: str, value: bytes, ttl: float) -> None:
         if ttl <= 0:
@@ -294,10 +298,12 @@ class SqliteStore:
     def _write(
         self, compares: Sequence[Compare], ops: Sequence[Put | Delete], *, ttl: float | None,
         forget: bool = False,
-    ) -> bool:
+    ) -> int | None:
+        """The revision the transaction's writes carry, or None when a compare failed."""
         if len({op.key for op in ops}) != len(ops):
             raise InvalidArgument("a transaction may change each key at most once")  # as etcd
-        return self._queued(_Write(compares, ops, ttl, forget=forget))
+        write = _Write(compares, ops, ttl, forget=forget)
+        return write.revision if self._queued(write) else None
 
     def _queued(self, write: _Write) -> bool:
         """Queue `write` and wait until a commit has applied (or refused) it durably. A
@@ -377,9 +383,11 @@ class SqliteStore:
             )
             for w in txns:
                 w.applied = self._compares_hold(w.compares)
+                w.revision = rev
                 if not (w.applied and w.ops):
                     continue
                 rev += 1  # each transaction its own revision, as if committed alone
+                w.revision = rev
                 expires = now + w.ttl if w.ttl is not None else None
                 puts = [op for op in w.ops if isinstance(op, Put)]
                 deletes = [op.key for op in w.ops if isinstance(op, Delete)]

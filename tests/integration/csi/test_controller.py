@@ -77,6 +77,28 @@ def test_delete_removes_the_file_and_shreds_the_key(csi, driver):
     csi.controller.DeleteVolume(pb.DeleteVolumeRequest(volume_id=volume.volume_id))
 
 
+def test_a_volume_whose_file_a_loop_device_holds_is_not_deleted(csi, driver):
+    """A real loop device on this host holds the backing file, as a stage would: the pool
+    finds it among the loop devices with a size (/proc/partitions), and DeleteVolume
+    refuses, leaving file and key in place, until the device is detached."""
+    import subprocess
+
+    volume = create(csi)
+    backing = driver.pool_dir / f"{volume.volume_id}.img"
+    device = subprocess.run(["losetup", "--find", "--show", str(backing)], check=True,
+                            capture_output=True, text=True).stdout.strip()
+    try:
+        with pytest.raises(grpc.RpcError) as info:
+            csi.controller.DeleteVolume(pb.DeleteVolumeRequest(volume_id=volume.volume_id))
+        assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "still staged" in info.value.details()
+        assert backing.exists()
+    finally:
+        subprocess.run(["losetup", "--detach", device], check=True)
+    csi.controller.DeleteVolume(pb.DeleteVolumeRequest(volume_id=volume.volume_id))
+    assert not backing.exists()
+
+
 def test_list_volumes_pages_with_tokens(csi):
     ids = {create(csi, name=f"v{i}").volume_id for i in range(5)}
     seen, token, pages = set(), "", 0

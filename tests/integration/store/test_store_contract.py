@@ -63,6 +63,19 @@ def test_compare_and_swap_on_the_revision(store: Store) -> None:
     assert store.get("/k").value == b"2"  # type: ignore[union-attr]
 
 
+def test_a_transaction_tells_the_revision_its_writes_carry_or_none_when_refused(
+        store: Store) -> None:
+    written = store.txn_at([Compare("/k", 0)], [Put("/k", b"1"), Put("/j", b"1")])
+    k, j = store.get("/k"), store.get("/j")
+    assert written and k and j and k.revision == j.revision == written
+    # What a compare-and-swap of the record just written compares with, without a read.
+    swapped = store.txn_at([Compare("/k", written)], [Put("/k", b"2")])
+    assert swapped and swapped > written
+    assert store.get("/k").revision == swapped  # type: ignore[union-attr]
+    assert store.txn_at([Compare("/k", written)], [Put("/k", b"3")]) is None
+    assert store.get("/k").value == b"2"  # type: ignore[union-attr]
+
+
 def test_a_failed_compare_applies_none_of_the_ops(store: Store) -> None:
     store.txn([], [Put("/x", b"1")])
     assert not store.txn([Compare("/x", 0)], [Put("/y", b"1"), Delete("/x")])

@@ -51,6 +51,28 @@ def test_remove_drops_the_record_and_its_name(volumes: VolumeRepository) -> None
     assert volumes.id_for_name("pvc-a") is None
 
 
+@pytest.mark.parametrize("owns_name", [False, True])
+def test_remove_leaves_a_name_another_record_holds(volumes: VolumeRepository,
+                                                   owns_name: bool) -> None:
+    volumes.insert(_record("cv-1", "pvc-a"))
+    stray = _record("cv-2", "pvc-a")  # never inserted: the name is cv-1's
+    volumes.remove(stray, owns_name=owns_name)
+    # Read first, the name stays; a caller that says the record owns it is believed.
+    assert volumes.id_for_name("pvc-a") == (None if owns_name else "cv-1")
+
+
+def test_an_update_from_a_stale_copy_retries_from_the_store(volumes: VolumeRepository) -> None:
+    revision = volumes.insert(_record("cv-1", "pvc-a"))
+    assert revision
+    stale = volumes.get_with_revision("cv-1")
+    volumes.update("cv-1", lambda r: r.model_copy(update={"capacity_bytes": 2}))
+    assert stale is not None and stale[1] == revision
+    updated = volumes.update("cv-1", lambda r: r.model_copy(update={"state": "ready"}),
+                             current=stale)
+    # The compare-and-swap on the stale copy lost; the retry read the record as stored.
+    assert updated.capacity_bytes == 2 and volumes.require("cv-1").capacity_bytes == 2
+
+
 def test_pages_follow_id_order(volumes: VolumeRepository) -> None:
     for i in range(5):
         volumes.insert(_record(f"cv-{i}", f"pvc-{i}"))
