@@ -86,17 +86,10 @@ def _sized_loop_devices() -> list[str]:
     read of /proc/partitions, which leaves out devices without a size, where opening each
     device's backing_file in sysfs costs a system call per device, most of them unbound."""
     try:
-        fd = os.open(_PARTITIONS, os.O_RDONLY)
+        table = Path(_PARTITIONS).read_text()
     except OSError:
         return sorted(n for n in os.listdir(_SYS_BLOCK) if _LOOP_DEVICE.match(n))
-    try:
-        chunks = []
-        while chunk := os.read(fd, 65536):
-            chunks.append(chunk)
-    finally:
-        os.close(fd)
-    names = (line.rsplit(None, 1)[-1] for line in b"".join(chunks).decode().splitlines()[1:]
-             if line.strip())
+    names = (line.split()[-1] for line in table.splitlines()[1:] if line.strip())
     return sorted(n for n in names if _LOOP_DEVICE.match(n))
 
 
