@@ -124,7 +124,7 @@ class LoopProvisioner:
                 )
             return
         # What the filesystem has free: no need to add up what every volume occupies.
-        free = shutil.disk_usage(self.pool_dir).free
+        free = self.free_bytes()
         if size_bytes > free:
             raise ResourceExhausted(
                 f"pool {self.pool_dir} has {free} bytes free, {size_bytes} asked"
@@ -175,14 +175,14 @@ class LoopProvisioner:
     def space(self) -> PoolSpace:
         # The pool's files may share their filesystem with others: the pool can hold what
         # its files occupy now plus what is free, not the filesystem's whole size.
-        usage = shutil.disk_usage(self.pool_dir)
+        free = self.free_bytes()
         occupied = 0
         for entry in os.scandir(self.pool_dir):
             if entry.name.endswith(_IMAGE) and entry.is_file(follow_symlinks=False):
                 # A DeleteVolume beside this call may have removed it since the listing.
                 with contextlib.suppress(FileNotFoundError):
                     occupied += entry.stat(follow_symlinks=False).st_blocks * 512
-        return PoolSpace(total_bytes=occupied + usage.free, free_bytes=usage.free)
+        return PoolSpace(total_bytes=occupied + free, free_bytes=free)
 
     def volume_ids(self) -> list[str]:
         return sorted(
