@@ -111,7 +111,8 @@ def bench(
     # What no `keys status` on this store can go below: python starting and importing click
     # and, for etcd, grpc and the etcd stubs, with nothing of cryptvol's own run.
     imports = "import click" + (
-        "; import grpc; import cryptvol.store.gen.etcd_pb2_grpc" if server_pid else ""
+        "; import grpc; import cryptvol.store.gen.etcd_pb2_grpc"
+        if isinstance(store, EtcdStore) else ""
     )
     wall, cpu_used = time_process([sys.executable, "-c", imports])
     print(
@@ -123,10 +124,10 @@ def bench(
 def time_process(argv: list[str]) -> tuple[float, float]:
     """Median wall and CPU seconds of 5 runs of `argv`, after one that may still be writing
     bytecode caches."""
-    wall, cpu_used = [], []
+    wall, cpu_used, env = [], [], cli_env()
     for run in range(6):
         started, before = time.perf_counter(), os.times()
-        subprocess.run(argv, check=True, capture_output=True, env=cli_env())
+        subprocess.run(argv, check=True, capture_output=True, env=env)
         after = os.times()
         if run:
             wall.append(time.perf_counter() - started)
